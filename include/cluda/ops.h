@@ -76,6 +76,10 @@ typedef struct cluda_conv2d_params {
 } cluda_conv2d_params;
 /* floor((in + 2 pad - dilation (kernel - 1) - 1) / stride) + 1 */
 int cluda_conv2d_out_size(int in, int kernel, int stride, int pad, int dilation);
+/* Scratch bytes conv2d forward/backward take from ctx->scratch for these shapes (im2col
+ * buffers), so callers can size the arena when planning. */
+size_t cluda_conv2d_scratch_bytes(const cluda_conv2d_params *p, const cluda_tensor *x,
+                                  const cluda_tensor *w, const cluda_tensor *y);
 /* x [N,H,W,C_in], w [C_out,KH,KW,C_in/groups], b [C_out] or NULL, y [N,OH,OW,C_out] */
 typedef cluda_status cluda_conv2d_forward_fn(cluda_ctx *ctx, const cluda_conv2d_params *p,
                                              const cluda_tensor *x, const cluda_tensor *w,
