@@ -1,0 +1,363 @@
+/* batchnorm (BatchNorm2d on NHWC), both modes: forward (y, saved mean / rstd) against a
+ * double reference; the running-statistics update (momentum, unbiased variance) and that
+ * inference leaves it alone; backward (dx, dgamma, dbeta) against central finite differences
+ * of the reference, through the batch statistics in training and with fixed statistics in
+ * inference, with dx overwritten and dgamma / dbeta accumulated; edge cases (batch 1, 1x1
+ * spatial, N*H*W = 1 rejected in training, momentum 0 and 1, a large mean); a threaded shape,
+ * bit-identical for 1 and 2 threads; and argument validation. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testing.h"
+
+typedef struct bn_ref {
+  double *x, *g, *b, *r;
+  const double *rm, *rv; /* running statistics (inference) */
+  int64_t n;             /* N*H*W */
+  int c, training;
+  double eps;
+} bn_ref;
+
+/* The reference forward; mean / var receive the statistics used (biased variance). Returns
+ * sum r y when r is set. */
+static double ref_run(const bn_ref *p, double *y, double *mean, double *var) {
+  double l = 0.0;
+  for (int ch = 0; ch < p->c; ch++) {
+    double m, v;
+    if (p->training) {
+      m = 0.0, v = 0.0;
+      for (int64_t i = 0; i < p->n; i++)
+        m += p->x[i * p->c + ch];
+      m /= (double)p->n;
+      for (int64_t i = 0; i < p->n; i++) {
+        double d = p->x[i * p->c + ch] - m;
+        v += d * d;
+      }
+      v /= (double)p->n;
+    } else {
+      m = p->rm[ch], v = p->rv[ch];
+    }
+    if (mean) mean[ch] = m;
+    if (var) var[ch] = v;
+    double rs = 1.0 / sqrt(v + p->eps);
+    for (int64_t i = 0; i < p->n; i++) {
+      double yi = (p->x[i * p->c + ch] - m) * rs * p->g[ch] + p->b[ch];
+      if (y) y[i * p->c + ch] = yi;
+      if (p->r) l += p->r[i * p->c + ch] * yi;
+    }
+  }
+  return l;
+}
+
+static double ref_loss(const double *unused, void *user) {
+  (void)unused;
+  return ref_run(user, NULL, NULL, NULL);
+}
+
+static void check_batchnorm(int bn, int h, int w, int c, int training, float momentum, float offset,
+                            int do_backward, uint64_t seed) {
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  const int64_t rows = (int64_t)bn * h * w, n = rows * c;
+  const float eps = 1e-5f;
+  cluda_batchnorm_params p = {eps, momentum, training};
+  float *x = test_alloc_f32(n), *y = test_alloc_f32(n), *dy = test_alloc_f32(n),
+        *dx = test_alloc_f32(n), *g = test_alloc_f32(c), *b = test_alloc_f32(c),
+        *rm = test_alloc_f32(c), *rv = test_alloc_f32(c), *rm0 = test_alloc_f32(c),
+        *rv0 = test_alloc_f32(c), *sm = test_alloc_f32(c), *sr = test_alloc_f32(c),
+        *dg = test_alloc_f32(c), *dbt = test_alloc_f32(c);
+  test_fill_uniform(x, n, offset - 1.0f, offset + 1.0f, seed, 0);
+  test_fill_uniform(g, c, 0.5f, 1.5f, seed, 1);
+  test_fill_uniform(b, c, -0.5f, 0.5f, seed, 2);
+  test_fill_uniform(dy, n, -1.0f, 1.0f, seed, 3);
+  test_fill_uniform(rm0, c, offset - 0.5f, offset + 0.5f, seed, 4);
+  test_fill_uniform(rv0, c, 0.5f, 1.5f, seed, 5);
+  memcpy(rm, rm0, (size_t)c * 4);
+  memcpy(rv, rv0, (size_t)c * 4);
+  cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, bn, h, w, c),
+               ty = cluda_tensor_4d(CLUDA_F32, y, bn, h, w, c),
+               tdy = cluda_tensor_4d(CLUDA_F32, dy, bn, h, w, c),
+               tdx = cluda_tensor_4d(CLUDA_F32, dx, bn, h, w, c);
+  cluda_tensor tg = cluda_tensor_1d(CLUDA_F32, g, c), tb = cluda_tensor_1d(CLUDA_F32, b, c),
+               trm = cluda_tensor_1d(CLUDA_F32, rm, c), trv = cluda_tensor_1d(CLUDA_F32, rv, c),
+               tsm = cluda_tensor_1d(CLUDA_F32, sm, c), tsr = cluda_tensor_1d(CLUDA_F32, sr, c),
+               tdg = cluda_tensor_1d(CLUDA_F32, dg, c), tdb = cluda_tensor_1d(CLUDA_F32, dbt, c);
+
+  double *xd = test_alloc_f64(n), *gd = test_alloc_f64(c), *bd = test_alloc_f64(c),
+         *rd = test_alloc_f64(n), *rmd = test_alloc_f64(c), *rvd = test_alloc_f64(c),
+         *want = test_alloc_f64(n), *wm = test_alloc_f64(c), *wv = test_alloc_f64(c);
+  test_to_double(x, xd, n);
+  test_to_double(g, gd, c);
+  test_to_double(b, bd, c);
+  test_to_double(dy, rd, n);
+  test_to_double(rm0, rmd, c);
+  test_to_double(rv0, rvd, c);
+  bn_ref ref = {xd, gd, bd, rd, rmd, rvd, rows, c, training, eps};
+  char what[112], msg[200];
+  snprintf(what, sizeof what, "batchnorm %s [%d,%d,%d,%d] momentum %g offset %g",
+           training ? "train" : "eval", bn, h, w, c, (double)momentum, (double)offset);
+
+  for (int64_t i = 0; i < n; i++)
+    y[i] = 1e3f;
+  TEST_OK(cluda_batchnorm_forward(&ctx, &p, &tx, &tg, &tb, &trm, &trv, &ty, &tsm, &tsr));
+  ref_run(&ref, want, wm, wv);
+  snprintf(msg, sizeof msg, "%s: y", what);
+  test_compare(msg, y, want, n, 1e-5, 1e-5);
+  snprintf(msg, sizeof msg, "%s: save_mean", what);
+  test_compare(msg, sm, wm, c, 1e-6, 1e-6);
+  for (int i = 0; i < c; i++)
+    wv[i] = 1.0 / sqrt(wv[i] + eps);
+  snprintf(msg, sizeof msg, "%s: save_rstd", what);
+  test_compare(msg, sr, wv, c, 1e-5, 0.0);
+  if (training) {
+    /* running = (1 - m) running + m batch, with the unbiased variance */
+    ref_run(&ref, NULL, wm, wv);
+    for (int i = 0; i < c; i++) {
+      wm[i] = (1.0 - momentum) * rm0[i] + (double)momentum * wm[i];
+      wv[i] = (1.0 - momentum) * rv0[i] + (double)momentum * wv[i] * rows / (rows - 1.0);
+    }
+    snprintf(msg, sizeof msg, "%s: running_mean updated", what);
+    test_compare(msg, rm, wm, c, 1e-6, 1e-6);
+    snprintf(msg, sizeof msg, "%s: running_var updated (unbiased)", what);
+    test_compare(msg, rv, wv, c, 1e-6, 1e-6);
+  } else {
+    snprintf(msg, sizeof msg, "%s: running statistics untouched", what);
+    TEST_CHECK(memcmp(rm, rm0, (size_t)c * 4) == 0 && memcmp(rv, rv0, (size_t)c * 4) == 0, "%s",
+               msg);
+  }
+
+  if (do_backward) {
+    for (int64_t i = 0; i < n; i++)
+      dx[i] = 1e3f;
+    for (int i = 0; i < c; i++)
+      dg[i] = 0.25f * (float)i, dbt[i] = 1.0f - 0.5f * (float)i;
+    TEST_OK(cluda_batchnorm_backward(&ctx, &p, &tx, &tg, &tsm, &tsr, &tdy, &tdx, &tdg, &tdb));
+    test_finite_difference(ref_loss, &ref, xd, n, 1e-6, want);
+    snprintf(msg, sizeof msg, "%s: dx vs finite differences", what);
+    test_compare(msg, dx, want, n, 1e-4, 1e-5);
+    test_finite_difference(ref_loss, &ref, gd, c, 1e-6, want);
+    for (int i = 0; i < c; i++)
+      want[i] += 0.25f * (float)i;
+    snprintf(msg, sizeof msg, "%s: dgamma accumulated vs finite differences", what);
+    test_compare(msg, dg, want, c, 1e-4, 1e-5);
+    test_finite_difference(ref_loss, &ref, bd, c, 1e-6, want);
+    for (int i = 0; i < c; i++)
+      want[i] += 1.0f - 0.5f * (float)i;
+    snprintf(msg, sizeof msg, "%s: dbeta accumulated vs finite differences", what);
+    test_compare(msg, dbt, want, c, 1e-4, 1e-5);
+  }
+  free(x), free(y), free(dy), free(dx), free(g), free(b), free(rm), free(rv), free(rm0), free(rv0),
+      free(sm), free(sr), free(dg), free(dbt);
+  free(xd), free(gd), free(bd), free(rd), free(rmd), free(rvd), free(want), free(wm), free(wv);
+}
+
+/* N*H*W = 1 in training is refused (PyTorch: "Expected more than 1 value per channel when
+ * training"); inference with the same shape is fine. */
+static void check_single_value(void) {
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  float v[4] = {1, 2, 3, 4}, o[4], s1[4], s2[4], rm[4] = {0}, rv[4] = {1, 1, 1, 1};
+  cluda_tensor x = cluda_tensor_4d(CLUDA_F32, v, 1, 1, 1, 4),
+               y = cluda_tensor_4d(CLUDA_F32, o, 1, 1, 1, 4);
+  cluda_tensor vec = cluda_tensor_1d(CLUDA_F32, v, 4), trm = cluda_tensor_1d(CLUDA_F32, rm, 4),
+               trv = cluda_tensor_1d(CLUDA_F32, rv, 4), ts1 = cluda_tensor_1d(CLUDA_F32, s1, 4),
+               ts2 = cluda_tensor_1d(CLUDA_F32, s2, 4);
+  cluda_batchnorm_params train = {1e-5f, 0.1f, 1};
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &train, &x, &vec, &vec, &trm, &trv, &y, &ts1, &ts2),
+             CLUDA_ERR_SHAPE, "more than 1 value per channel");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &train, &x, &vec, &ts1, &ts2, &x, &y, &ts1, &ts2),
+             CLUDA_ERR_SHAPE, "more than 1 value per channel");
+  TEST_CHECK(rm[0] == 0.0f && rv[0] == 1.0f, "batchnorm: refused call leaves running stats alone");
+}
+
+/* Large enough for the threaded column-block loops; both modes against an analytic double
+ * reference and bit-identical for 1 and 2 threads. */
+static void check_threaded(int training) {
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  const int bn = 2, h = 16, w = 16, c = 72;
+  const int64_t rows = bn * h * w, n = rows * c;
+  cluda_batchnorm_params p = {1e-5f, 0.1f, training};
+  float *x = test_alloc_f32(n), *dy = test_alloc_f32(n), *g = test_alloc_f32(c),
+        *b = test_alloc_f32(c), *rm0 = test_alloc_f32(c), *rv0 = test_alloc_f32(c);
+  float *y[2], *dx[2], *dg[2], *dbt[2], *sm[2], *sr[2], *rm[2], *rv[2];
+  test_fill_uniform(x, n, -2.0f, 4.0f, 31, 0);
+  test_fill_uniform(dy, n, -1.0f, 1.0f, 31, 1);
+  test_fill_uniform(g, c, 0.5f, 1.5f, 31, 2);
+  test_fill_uniform(b, c, -0.5f, 0.5f, 31, 3);
+  test_fill_uniform(rm0, c, -0.5f, 0.5f, 31, 4);
+  test_fill_uniform(rv0, c, 0.5f, 1.5f, 31, 5);
+  cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, bn, h, w, c),
+               tdy = cluda_tensor_4d(CLUDA_F32, dy, bn, h, w, c);
+  cluda_tensor tg = cluda_tensor_1d(CLUDA_F32, g, c), tb = cluda_tensor_1d(CLUDA_F32, b, c);
+  for (int t = 0; t < 2; t++) {
+    omp_set_num_threads(t + 1);
+    y[t] = test_alloc_f32(n), dx[t] = test_alloc_f32(n);
+    dg[t] = test_alloc_f32(c), dbt[t] = test_alloc_f32(c), sm[t] = test_alloc_f32(c),
+    sr[t] = test_alloc_f32(c), rm[t] = test_alloc_f32(c), rv[t] = test_alloc_f32(c);
+    memcpy(rm[t], rm0, (size_t)c * 4);
+    memcpy(rv[t], rv0, (size_t)c * 4);
+    cluda_tensor ty = cluda_tensor_4d(CLUDA_F32, y[t], bn, h, w, c),
+                 tdx = cluda_tensor_4d(CLUDA_F32, dx[t], bn, h, w, c);
+    cluda_tensor tdg = cluda_tensor_1d(CLUDA_F32, dg[t], c),
+                 tdb = cluda_tensor_1d(CLUDA_F32, dbt[t], c),
+                 tsm = cluda_tensor_1d(CLUDA_F32, sm[t], c),
+                 tsr = cluda_tensor_1d(CLUDA_F32, sr[t], c),
+                 trm = cluda_tensor_1d(CLUDA_F32, rm[t], c),
+                 trv = cluda_tensor_1d(CLUDA_F32, rv[t], c);
+    TEST_OK(cluda_batchnorm_forward(&ctx, &p, &tx, &tg, &tb, &trm, &trv, &ty, &tsm, &tsr));
+    TEST_OK(cluda_batchnorm_backward(&ctx, &p, &tx, &tg, &tsm, &tsr, &tdy, &tdx, &tdg, &tdb));
+  }
+  omp_set_num_threads(2);
+  int same = memcmp(y[0], y[1], (size_t)n * 4) == 0 && memcmp(dx[0], dx[1], (size_t)n * 4) == 0;
+  same = same && memcmp(dg[0], dg[1], (size_t)c * 4) == 0 &&
+         memcmp(dbt[0], dbt[1], (size_t)c * 4) == 0 && memcmp(sm[0], sm[1], (size_t)c * 4) == 0 &&
+         memcmp(sr[0], sr[1], (size_t)c * 4) == 0 && memcmp(rm[0], rm[1], (size_t)c * 4) == 0 &&
+         memcmp(rv[0], rv[1], (size_t)c * 4) == 0;
+  TEST_CHECK(same, "batchnorm %s: results bit-identical for 1 and 2 threads",
+             training ? "train" : "eval");
+
+  double *wy = test_alloc_f64(n), *wdx = test_alloc_f64(n), *wdg = test_alloc_f64(c),
+         *wdb = test_alloc_f64(c);
+  for (int ch = 0; ch < c; ch++) {
+    double m = rm0[ch], v = rv0[ch];
+    if (training) {
+      m = 0.0, v = 0.0;
+      for (int64_t i = 0; i < rows; i++)
+        m += x[i * c + ch];
+      m /= rows;
+      for (int64_t i = 0; i < rows; i++)
+        v += (x[i * c + ch] - m) * (x[i * c + ch] - m);
+      v /= rows;
+    }
+    double rs = 1.0 / sqrt(v + 1e-5f);
+    for (int64_t i = 0; i < rows; i++) {
+      double xh = (x[i * c + ch] - m) * rs;
+      wy[i * c + ch] = xh * g[ch] + b[ch];
+      wdg[ch] += dy[i * c + ch] * xh;
+      wdb[ch] += dy[i * c + ch];
+    }
+    for (int64_t i = 0; i < rows; i++) {
+      double xh = (x[i * c + ch] - m) * rs;
+      wdx[i * c + ch] = training
+                            ? g[ch] * rs * (dy[i * c + ch] - wdb[ch] / rows - xh * wdg[ch] / rows)
+                            : g[ch] * rs * dy[i * c + ch];
+    }
+  }
+  const char *mode = training ? "train" : "eval";
+  char msg[96];
+  snprintf(msg, sizeof msg, "batchnorm threaded %s: y", mode);
+  test_compare(msg, y[1], wy, n, 1e-5, 1e-5);
+  snprintf(msg, sizeof msg, "batchnorm threaded %s: dx", mode);
+  test_compare(msg, dx[1], wdx, n, 1e-4, 1e-5);
+  snprintf(msg, sizeof msg, "batchnorm threaded %s: dgamma", mode);
+  test_compare(msg, dg[1], wdg, c, 1e-5, 1e-4);
+  snprintf(msg, sizeof msg, "batchnorm threaded %s: dbeta", mode);
+  test_compare(msg, dbt[1], wdb, c, 1e-5, 1e-4);
+  for (int t = 0; t < 2; t++)
+    free(y[t]), free(dx[t]), free(dg[t]), free(dbt[t]), free(sm[t]), free(sr[t]), free(rm[t]),
+        free(rv[t]);
+  free(x), free(dy), free(g), free(b), free(rm0), free(rv0), free(wy), free(wdx), free(wdg),
+      free(wdb);
+}
+
+static void check_validation(void) {
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  float buf[256] = {0}, ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  cluda_batchnorm_params p = {1e-5f, 0.1f, 1};
+  cluda_tensor x = cluda_tensor_4d(CLUDA_F32, buf, 2, 3, 2, 5), y = x, dy = x, dx = x;
+  cluda_tensor v = cluda_tensor_1d(CLUDA_F32, ones, 5),
+               rm = cluda_tensor_1d(CLUDA_F32, buf + 200, 5), rv = v, sm = rm, sr = v, dg = rm,
+               db = rm;
+  TEST_OK(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, &rv, &y, &sm, &sr));
+  TEST_OK(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &dy, &dx, &dg, &db));
+
+  cluda_batchnorm_params bad = p;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, NULL, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "p is NULL");
+  bad.eps = 0.0f;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &bad, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "eps");
+  bad.eps = NAN;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &bad, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "eps");
+  bad = p, bad.momentum = -0.1f;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &bad, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "momentum");
+  bad.momentum = 1.5f;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &bad, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "momentum");
+  bad.momentum = NAN;
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &bad, &x, &v, &sm, &sr, &dy, &dx, &dg, &db),
+             CLUDA_ERR_ARG, "momentum");
+  bad = p, bad.training = 2;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &bad, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "training");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &bad, &x, &v, &sm, &sr, &dy, &dx, &dg, &db),
+             CLUDA_ERR_ARG, "training");
+
+  cluda_tensor x3 = cluda_tensor_3d(CLUDA_F32, buf, 6, 2, 5);
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x3, &v, &v, &rm, &rv, &y, &sm, &sr),
+             CLUDA_ERR_SHAPE, "x [6,2,5]");
+  cluda_tensor xu8 = x;
+  xu8.dtype = CLUDA_U8;
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &xu8, &v, &v, &rm, &rv, &y, &sm, &sr),
+             CLUDA_ERR_DTYPE, "x");
+  cluda_tensor c4 = cluda_tensor_1d(CLUDA_F32, buf, 4);
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &c4, &v, &rm, &rv, &y, &sm, &sr),
+             CLUDA_ERR_SHAPE, "gamma [4]");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &c4, &rm, &rv, &y, &sm, &sr),
+             CLUDA_ERR_SHAPE, "beta [4]");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &c4, &rv, &y, &sm, &sr), CLUDA_ERR_SHAPE,
+             "running_mean [4]");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, &c4, &y, &sm, &sr), CLUDA_ERR_SHAPE,
+             "running_var [4]");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, NULL, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "running_var is NULL");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, &rv, &y, &c4, &sr), CLUDA_ERR_SHAPE,
+             "save_mean [4]");
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, &rv, &y, &sm, &c4), CLUDA_ERR_SHAPE,
+             "save_rstd [4]");
+  cluda_tensor ybad = cluda_tensor_4d(CLUDA_F32, buf, 2, 2, 3, 5);
+  TEST_FAILS(cluda_batchnorm_forward(&ctx, &p, &x, &v, &v, &rm, &rv, &ybad, &sm, &sr),
+             CLUDA_ERR_SHAPE, "y [2,2,3,5]");
+  TEST_FAILS(cluda_batchnorm_forward(NULL, &p, &x, &v, &v, &rm, &rv, &y, &sm, &sr), CLUDA_ERR_ARG,
+             "ctx");
+
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, NULL, &x, &v, &sm, &sr, &dy, &dx, &dg, &db),
+             CLUDA_ERR_ARG, "p is NULL");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &c4, &sm, &sr, &dy, &dx, &dg, &db),
+             CLUDA_ERR_SHAPE, "gamma [4]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &c4, &sr, &dy, &dx, &dg, &db),
+             CLUDA_ERR_SHAPE, "save_mean [4]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &c4, &dy, &dx, &dg, &db),
+             CLUDA_ERR_SHAPE, "save_rstd [4]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &ybad, &dx, &dg, &db),
+             CLUDA_ERR_SHAPE, "dy [2,2,3,5]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &dy, &ybad, &dg, &db),
+             CLUDA_ERR_SHAPE, "dx [2,2,3,5]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &dy, &dx, &c4, &db),
+             CLUDA_ERR_SHAPE, "dgamma [4]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &dy, &dx, &dg, &c4),
+             CLUDA_ERR_SHAPE, "dbeta [4]");
+  TEST_FAILS(cluda_batchnorm_backward(&ctx, &p, &x, &v, &sm, &sr, &dy, &dx, &dg, NULL),
+             CLUDA_ERR_ARG, "dbeta is NULL");
+}
+
+int main(int argc, char **argv) {
+  (void)argc;
+  for (int training = 0; training <= 1; training++) {
+    check_batchnorm(2, 3, 2, 5, training, 0.1f, 0.0f, 1, 1);  /* batch 2, odd C */
+    check_batchnorm(1, 3, 3, 4, training, 0.1f, 2.0f, 1, 2);  /* batch 1 */
+    check_batchnorm(2, 1, 1, 6, training, 0.1f, 0.0f, 1, 3);  /* 1x1 spatial, N*H*W = 2 */
+    check_batchnorm(3, 2, 1, 1, training, 0.1f, -1.0f, 1, 4); /* one channel */
+  }
+  check_batchnorm(1, 1, 1, 3, 0, 0.1f, 0.0f, 1, 5);    /* N*H*W = 1: inference only */
+  check_batchnorm(2, 2, 3, 3, 1, 0.0f, 0.0f, 0, 6);    /* momentum 0: running unchanged */
+  check_batchnorm(2, 2, 3, 3, 1, 1.0f, 0.0f, 0, 7);    /* momentum 1: running = batch */
+  check_batchnorm(2, 4, 4, 8, 1, 0.1f, 1000.0f, 0, 8); /* mean >> spread */
+  check_single_value();
+  check_threaded(1);
+  check_threaded(0);
+  check_validation();
+  return test_finish(argv[0]);
+}
