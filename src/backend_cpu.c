@@ -8,6 +8,7 @@ static const cluda_backend cpu_backend = {
     .relu_backward = cluda_cpu_relu_backward,
     .sigmoid_forward = cluda_cpu_sigmoid_forward,
     .sigmoid_backward = cluda_cpu_sigmoid_backward,
+    .axpy = cluda_cpu_axpy,
     .softmax_forward = cluda_cpu_softmax_forward,
     .softmax_backward = cluda_cpu_softmax_backward,
     .linear_forward = cluda_cpu_linear_forward,

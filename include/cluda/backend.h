@@ -18,6 +18,7 @@ typedef struct cluda_backend {
   cluda_relu_backward_fn *relu_backward;
   cluda_sigmoid_forward_fn *sigmoid_forward;
   cluda_sigmoid_backward_fn *sigmoid_backward;
+  cluda_axpy_fn *axpy;
   cluda_softmax_forward_fn *softmax_forward;
   cluda_softmax_backward_fn *softmax_backward;
   cluda_linear_forward_fn *linear_forward;
@@ -64,6 +65,7 @@ cluda_relu_forward_fn cluda_cpu_relu_forward;
 cluda_relu_backward_fn cluda_cpu_relu_backward;
 cluda_sigmoid_forward_fn cluda_cpu_sigmoid_forward;
 cluda_sigmoid_backward_fn cluda_cpu_sigmoid_backward;
+cluda_axpy_fn cluda_cpu_axpy;
 cluda_softmax_forward_fn cluda_cpu_softmax_forward;
 cluda_softmax_backward_fn cluda_cpu_softmax_backward;
 cluda_linear_forward_fn cluda_cpu_linear_forward;

@@ -50,6 +50,10 @@ typedef cluda_status cluda_sigmoid_forward_fn(cluda_ctx *ctx, const cluda_tensor
 typedef cluda_status cluda_sigmoid_backward_fn(cluda_ctx *ctx, const cluda_tensor *y,
                                                const cluda_tensor *dy, cluda_tensor *dx);
 
+/* ---- y += alpha x (same shape): residual adds and gradient sums; its own adjoint ---- */
+typedef cluda_status cluda_axpy_fn(cluda_ctx *ctx, float alpha, const cluda_tensor *x,
+                                   cluda_tensor *y);
+
 /* ---- softmax over the last axis ---- */
 typedef cluda_status cluda_softmax_forward_fn(cluda_ctx *ctx, const cluda_tensor *x,
                                               cluda_tensor *y);
@@ -128,6 +132,8 @@ typedef cluda_status cluda_batchnorm_backward_fn(cluda_ctx *ctx, const cluda_bat
                                                  cluda_tensor *dgamma, cluda_tensor *dbeta);
 
 /* ---- multi-head scaled dot-product attention, no mask, scale head_dim^-0.5 ---- */
+/* Scratch bytes the backward takes from ctx->scratch. */
+size_t cluda_attention_scratch_bytes(int heads, int batch, int n, int nk);
 /* q [B,N,C], k and v [B,Nk,C] with C = heads * head_dim, channel c in head c / head_dim;
  * out [B,N,C]; probs [B*heads, N, Nk] (3-d) is saved for the backward */
 typedef cluda_status cluda_attention_forward_fn(cluda_ctx *ctx, int heads, const cluda_tensor *q,
@@ -243,6 +249,7 @@ cluda_relu_forward_fn cluda_relu_forward;
 cluda_relu_backward_fn cluda_relu_backward;
 cluda_sigmoid_forward_fn cluda_sigmoid_forward;
 cluda_sigmoid_backward_fn cluda_sigmoid_backward;
+cluda_axpy_fn cluda_axpy;
 cluda_softmax_forward_fn cluda_softmax_forward;
 cluda_softmax_backward_fn cluda_softmax_backward;
 cluda_linear_forward_fn cluda_linear_forward;

@@ -7,9 +7,8 @@
 
 #include "op_common.h"
 
-/* Scratch the CPU backward takes from ctx->scratch: one dS matrix [N, Nk], reused by the
- * (batch, head) pairs, which run one after the other. (Not in ops.h yet; sr_attention.c
- * declares it.) */
+/* The CPU backward takes one dS matrix [N, Nk], reused by the (batch, head) pairs, which
+ * run one after the other. */
 size_t cluda_attention_scratch_bytes(int heads, int batch, int n, int nk) {
   if (heads < 1 || batch < 1) return 0;
   return cluda_arena_align((size_t)n * (size_t)nk * sizeof(float));

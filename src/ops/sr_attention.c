@@ -17,9 +17,6 @@
 #include "cluda/sr_attention.h"
 #include "op_common.h"
 
-/* Scratch of the attention backward (attention.c); not in ops.h yet. */
-size_t cluda_attention_scratch_bytes(int heads, int batch, int n, int nk);
-
 typedef struct sr_layout {
   int b, h, w, c, heads, r;
   int hs, ws, n, nk; /* reduced map and token counts (hs = h, ws = w when r == 1) */
@@ -266,20 +263,6 @@ cluda_status cluda_sr_attention_forward(cluda_ctx *ctx, const cluda_sr_attention
   return cluda_linear_forward(ctx, &s.o, &w->proj_w, &w->proj_b, &y3);
 }
 
-/* dst[m] += src[m] through the op API, which has no elementwise add: the bias gradient of
- * a linear layer is "db += column sums of dy", so dy = src as a single row and db = dst add
- * exactly one float sum per element. The call's weight gradient (m multiplies) lands in
- * `junk` (m floats); x is one defined float and w is never read (no dx is asked for).
- * Swap for an add op once ops.h has one. */
-static cluda_status add_into(cluda_ctx *ctx, float *dst, const float *src, float *junk, int m) {
-  cluda_tensor one = cluda_tensor_2d(CLUDA_F32, (void *)src, 1, 1);
-  cluda_tensor w = cluda_tensor_2d(CLUDA_F32, (void *)src, m, 1);
-  cluda_tensor dy = cluda_tensor_2d(CLUDA_F32, (void *)src, 1, m);
-  cluda_tensor dw = cluda_tensor_2d(CLUDA_F32, junk, m, 1);
-  cluda_tensor db = cluda_tensor_1d(CLUDA_F32, dst, m);
-  return cluda_linear_backward(ctx, &one, &w, &dy, NULL, &dw, &db);
-}
-
 /* The backward proper, with the scratch block `tmp` (L->own_scratch bytes) carved. */
 static cluda_status backward_body(cluda_ctx *ctx, const sr_layout *L,
                                   const cluda_sr_attention_weights *w, const cluda_tensor *x,
@@ -317,7 +300,7 @@ static cluda_status backward_body(cluda_ctx *ctx, const sr_layout *L,
   }
   /* the q path's input gradient goes to d_o (free now), then is added onto dx */
   CLUDA_TRY(cluda_linear_backward(ctx, &x3, &w->q_w, &dq, &d_o, &g->q_w, &g->q_b));
-  return add_into(ctx, cluda_f32(dx), cluda_f32(&d_o), cluda_f32(&dq), b * n * c);
+  return cluda_axpy(ctx, 1.0f, &d_o, &dx3);
 }
 
 cluda_status cluda_sr_attention_backward(cluda_ctx *ctx, const cluda_sr_attention_params *p,

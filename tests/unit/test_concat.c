@@ -55,7 +55,7 @@ static void concat_ref(const concat_case *cc, const double *const *xs, double *y
 /* L(x_0, ..., x_{count-1}) = sum r . concat(x), inputs packed one after the other */
 static double concat_loss(const double *x, void *user) {
   ref_user *u = user;
-  const double *xs[MAXIN];
+  const double *xs[MAXIN] = {NULL};
   int64_t rows = lead_rows(u->cc), off = 0, total = 0;
   for (int i = 0; i < u->cc->count; i++) {
     xs[i] = x + off;
