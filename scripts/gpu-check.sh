@@ -161,7 +161,7 @@ fi
 
 if [ "$rc" -eq 0 ]; then
   say "ctest -L gpu"
-  ctest --test-dir "$build" -L gpu --output-on-failure -V --timeout 600 2>&1 |
+  ctest --test-dir "$build" -L 'gpu|cuda' --output-on-failure -V --timeout 600 2>&1 |
     tee "$logs/ctest-gpu.log" | sed -E 's/^[0-9]+: //' |
     grep -E '^(cluda:|  [a-z]|test_gpu|[0-9]+/[0-9]+ Test|FAIL|.*tests passed)' |
     grep -v 'expected error' | head -200
