@@ -8,6 +8,7 @@ packages=(
   libhdf5-dev hdf5-tools
   libpng-dev libyaml-dev zlib1g-dev
   libopenblas-dev
+  clang-format
 )
 
 missing=()

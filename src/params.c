@@ -27,8 +27,8 @@ cluda_status cluda_param_table_add(cluda_param_table *table, const char *name, i
                 "param_table_add: duplicate name %s", name);
   size_t count = 1;
   for (int i = 0; i < ndim; i++) {
-    CLUDA_REQUIRE(shape[i] >= 1, CLUDA_ERR_SHAPE, "param_table_add: %s dimension %d is %d", name,
-                  i, shape[i]);
+    CLUDA_REQUIRE(shape[i] >= 1, CLUDA_ERR_SHAPE, "param_table_add: %s dimension %d is %d", name, i,
+                  shape[i]);
     count *= (size_t)shape[i];
   }
   if (table->count == table->capacity) {
@@ -42,7 +42,8 @@ cluda_status cluda_param_table_add(cluda_param_table *table, const char *name, i
   memset(p, 0, sizeof *p);
   strcpy(p->name, name);
   p->ndim = ndim;
-  for (int i = 0; i < CLUDA_MAX_DIMS; i++) p->shape[i] = i < ndim ? shape[i] : 1;
+  for (int i = 0; i < CLUDA_MAX_DIMS; i++)
+    p->shape[i] = i < ndim ? shape[i] : 1;
   p->offset = table->total;
   p->count = count;
   p->group = group;
@@ -69,6 +70,7 @@ cluda_tensor cluda_param_view(const cluda_param_table *table, int index, float *
 
 size_t cluda_param_table_elements(const cluda_param_table *table) {
   size_t n = 0;
-  for (int i = 0; i < table->count; i++) n += table->items[i].count;
+  for (int i = 0; i < table->count; i++)
+    n += table->items[i].count;
   return n;
 }

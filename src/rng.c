@@ -36,8 +36,8 @@ void cluda_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint3
   out[3] = c3;
 }
 
-cluda_rng_key cluda_rng_make_key(uint64_t seed, uint32_t rank, uint32_t iteration,
-                                 uint32_t purpose, uint32_t slot) {
+cluda_rng_key cluda_rng_make_key(uint64_t seed, uint32_t rank, uint32_t iteration, uint32_t purpose,
+                                 uint32_t slot) {
   cluda_rng_key k;
   k.seed = seed;
   k.stream = ((uint64_t)(rank & 0xffffu) << 48) | ((uint64_t)(purpose & 0xffffu) << 32) |

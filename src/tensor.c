@@ -29,7 +29,8 @@ cluda_tensor cluda_tensor_4d(cluda_dtype dtype, void *data, int n, int h, int w,
 
 int64_t cluda_tensor_numel(const cluda_tensor *t) {
   int64_t n = 1;
-  for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+  for (int i = 0; i < t->ndim; i++)
+    n *= t->shape[i];
   return n;
 }
 
@@ -48,7 +49,8 @@ size_t cluda_tensor_bytes(const cluda_tensor *t) {
 
 int64_t cluda_tensor_rows(const cluda_tensor *t) {
   int64_t n = 1;
-  for (int i = 0; i + 1 < t->ndim; i++) n *= t->shape[i];
+  for (int i = 0; i + 1 < t->ndim; i++)
+    n *= t->shape[i];
   return n;
 }
 

@@ -67,8 +67,7 @@ typedef cluda_status cluda_linear_forward_fn(cluda_ctx *ctx, const cluda_tensor 
 /* dx (may be NULL) = dy w; dw += dy^T x; db (may be NULL) += sum over rows of dy */
 typedef cluda_status cluda_linear_backward_fn(cluda_ctx *ctx, const cluda_tensor *x,
                                               const cluda_tensor *w, const cluda_tensor *dy,
-                                              cluda_tensor *dx, cluda_tensor *dw,
-                                              cluda_tensor *db);
+                                              cluda_tensor *dx, cluda_tensor *dw, cluda_tensor *db);
 
 /* ---- conv2d, NHWC, zero padding, cross-correlation (PyTorch Conv2d) ---- */
 typedef struct cluda_conv2d_params {
@@ -97,14 +96,12 @@ typedef cluda_status cluda_conv2d_backward_fn(cluda_ctx *ctx, const cluda_conv2d
 /* ---- layernorm over the last axis (biased variance, affine) ---- */
 /* x, y [..., C]; gamma, beta [C]; mean, rstd [rows] are saved for the backward */
 typedef cluda_status cluda_layernorm_forward_fn(cluda_ctx *ctx, const cluda_tensor *x,
-                                                const cluda_tensor *gamma,
-                                                const cluda_tensor *beta, float eps,
-                                                cluda_tensor *y, cluda_tensor *mean,
+                                                const cluda_tensor *gamma, const cluda_tensor *beta,
+                                                float eps, cluda_tensor *y, cluda_tensor *mean,
                                                 cluda_tensor *rstd);
 typedef cluda_status cluda_layernorm_backward_fn(cluda_ctx *ctx, const cluda_tensor *x,
                                                  const cluda_tensor *gamma,
-                                                 const cluda_tensor *mean,
-                                                 const cluda_tensor *rstd,
+                                                 const cluda_tensor *mean, const cluda_tensor *rstd,
                                                  const cluda_tensor *dy, cluda_tensor *dx,
                                                  cluda_tensor *dgamma, cluda_tensor *dbeta);
 
@@ -118,10 +115,12 @@ typedef struct cluda_batchnorm_params {
  * Training: normalises with the batch mean and biased variance, updates the running
  * statistics, saves the batch mean and 1/sqrt(var + eps). Inference: saves the running
  * mean and 1/sqrt(running_var + eps) and leaves the running statistics alone. */
-typedef cluda_status cluda_batchnorm_forward_fn(
-    cluda_ctx *ctx, const cluda_batchnorm_params *p, const cluda_tensor *x,
-    const cluda_tensor *gamma, const cluda_tensor *beta, cluda_tensor *running_mean,
-    cluda_tensor *running_var, cluda_tensor *y, cluda_tensor *save_mean, cluda_tensor *save_rstd);
+typedef cluda_status cluda_batchnorm_forward_fn(cluda_ctx *ctx, const cluda_batchnorm_params *p,
+                                                const cluda_tensor *x, const cluda_tensor *gamma,
+                                                const cluda_tensor *beta,
+                                                cluda_tensor *running_mean,
+                                                cluda_tensor *running_var, cluda_tensor *y,
+                                                cluda_tensor *save_mean, cluda_tensor *save_rstd);
 /* training selects the batch-statistics gradient (through mean and variance) or the
  * inference one (fixed statistics) */
 typedef cluda_status cluda_batchnorm_backward_fn(cluda_ctx *ctx, const cluda_batchnorm_params *p,
@@ -139,9 +138,8 @@ size_t cluda_attention_scratch_bytes(int heads, int batch, int n, int nk);
 typedef cluda_status cluda_attention_forward_fn(cluda_ctx *ctx, int heads, const cluda_tensor *q,
                                                 const cluda_tensor *k, const cluda_tensor *v,
                                                 cluda_tensor *out, cluda_tensor *probs);
-typedef cluda_status cluda_attention_backward_fn(cluda_ctx *ctx, int heads,
-                                                 const cluda_tensor *q, const cluda_tensor *k,
-                                                 const cluda_tensor *v,
+typedef cluda_status cluda_attention_backward_fn(cluda_ctx *ctx, int heads, const cluda_tensor *q,
+                                                 const cluda_tensor *k, const cluda_tensor *v,
                                                  const cluda_tensor *probs,
                                                  const cluda_tensor *dout, cluda_tensor *dq,
                                                  cluda_tensor *dk, cluda_tensor *dv);
@@ -210,13 +208,14 @@ typedef cluda_status cluda_dropout_backward_fn(cluda_ctx *ctx, const cluda_dropo
  * the mean over ALL pixels, ignored ones included (mmseg 0.16) */
 typedef cluda_status cluda_cross_entropy_forward_fn(cluda_ctx *ctx, const cluda_tensor *logits,
                                                     const cluda_tensor *labels,
-                                                    const cluda_tensor *weights,
-                                                    int ignore_index, cluda_tensor *loss);
+                                                    const cluda_tensor *weights, int ignore_index,
+                                                    cluda_tensor *loss);
 /* dlogits = dloss * (softmax - onehot) * w / (N H W), from the one-element dloss */
-typedef cluda_status cluda_cross_entropy_backward_fn(
-    cluda_ctx *ctx, const cluda_tensor *logits, const cluda_tensor *labels,
-    const cluda_tensor *weights, int ignore_index, const cluda_tensor *dloss,
-    cluda_tensor *dlogits);
+typedef cluda_status cluda_cross_entropy_backward_fn(cluda_ctx *ctx, const cluda_tensor *logits,
+                                                     const cluda_tensor *labels,
+                                                     const cluda_tensor *weights, int ignore_index,
+                                                     const cluda_tensor *dloss,
+                                                     cluda_tensor *dlogits);
 
 /* ---- L2 normalisation over the last axis (F.normalize: x / max(||x||, eps)) ---- */
 /* norms [rows] saves ||x|| for the backward */
@@ -232,15 +231,15 @@ typedef cluda_status cluda_l2norm_backward_fn(cluda_ctx *ctx, float eps, const c
  * count [1] (f32) receives the number of masked cells so the caller can skip the term */
 typedef cluda_status cluda_feature_distance_forward_fn(cluda_ctx *ctx, const cluda_tensor *a,
                                                        const cluda_tensor *b,
-                                                       const cluda_tensor *mask,
-                                                       cluda_tensor *loss, cluda_tensor *count);
+                                                       const cluda_tensor *mask, cluda_tensor *loss,
+                                                       cluda_tensor *count);
 /* da = dloss (a - b) / (||a - b|| count) on masked cells with nonzero distance, else 0;
  * db (may be NULL) = -da */
 typedef cluda_status cluda_feature_distance_backward_fn(cluda_ctx *ctx, const cluda_tensor *a,
                                                         const cluda_tensor *b,
                                                         const cluda_tensor *mask,
-                                                        const cluda_tensor *dloss,
-                                                        cluda_tensor *da, cluda_tensor *db);
+                                                        const cluda_tensor *dloss, cluda_tensor *da,
+                                                        cluda_tensor *db);
 
 /* The public entry points: validate, then run on ctx->backend. */
 cluda_gelu_forward_fn cluda_gelu_forward;

@@ -21,10 +21,7 @@ extern "C" {
 enum { CLUDA_PARAM_NAME_MAX = 96 };
 
 /* Optimizer group of a parameter: the decode head trains with a larger learning rate. */
-typedef enum cluda_param_group {
-  CLUDA_GROUP_ENCODER = 0,
-  CLUDA_GROUP_HEAD = 1
-} cluda_param_group;
+typedef enum cluda_param_group { CLUDA_GROUP_ENCODER = 0, CLUDA_GROUP_HEAD = 1 } cluda_param_group;
 
 typedef struct cluda_param_info {
   char name[CLUDA_PARAM_NAME_MAX];

@@ -18,18 +18,18 @@ typedef struct cluda_rng_key {
 
 /* What a stream of draws is for; part of every key so streams never collide. */
 typedef enum cluda_rng_purpose {
-  CLUDA_RNG_INIT = 1,      /* parameter initialisation */
-  CLUDA_RNG_DROPOUT = 2,   /* dropout / Dropout2d masks */
-  CLUDA_RNG_DROPPATH = 3,  /* stochastic depth */
-  CLUDA_RNG_DATA = 4,      /* sampling, crops, flips */
-  CLUDA_RNG_AUGMENT = 5,   /* ClassMix, jitter, blur */
-  CLUDA_RNG_TEST = 0xfff0  /* unit tests */
+  CLUDA_RNG_INIT = 1,     /* parameter initialisation */
+  CLUDA_RNG_DROPOUT = 2,  /* dropout / Dropout2d masks */
+  CLUDA_RNG_DROPPATH = 3, /* stochastic depth */
+  CLUDA_RNG_DATA = 4,     /* sampling, crops, flips */
+  CLUDA_RNG_AUGMENT = 5,  /* ClassMix, jitter, blur */
+  CLUDA_RNG_TEST = 0xfff0 /* unit tests */
 } cluda_rng_purpose;
 
 /* Builds the key of one stream. rank and purpose must fit in 16 bits, slot in 16 bits; draw
  * indices must stay below 2^48. Distinct arguments give disjoint counters. */
-cluda_rng_key cluda_rng_make_key(uint64_t seed, uint32_t rank, uint32_t iteration,
-                                 uint32_t purpose, uint32_t slot);
+cluda_rng_key cluda_rng_make_key(uint64_t seed, uint32_t rank, uint32_t iteration, uint32_t purpose,
+                                 uint32_t slot);
 
 /* The raw generator: 4 x 32 random bits for a 128-bit counter and a 64-bit key. */
 void cluda_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);

@@ -44,16 +44,15 @@ cluda_status cluda_sr_attention_plan(const cluda_sr_attention_params *p, int bat
 /* saved: a buffer of at least saved_bytes (from cluda_sr_attention_plan), on the backend's
  * device; the layout inside is private to the op. */
 cluda_status cluda_sr_attention_forward(cluda_ctx *ctx, const cluda_sr_attention_params *p,
-                                        const cluda_sr_attention_weights *w,
-                                        const cluda_tensor *x, void *saved, size_t saved_bytes,
-                                        cluda_tensor *y);
+                                        const cluda_sr_attention_weights *w, const cluda_tensor *x,
+                                        void *saved, size_t saved_bytes, cluda_tensor *y);
 
 /* dx is overwritten; every tensor of grads is accumulated into (+=). */
 cluda_status cluda_sr_attention_backward(cluda_ctx *ctx, const cluda_sr_attention_params *p,
-                                         const cluda_sr_attention_weights *w,
-                                         const cluda_tensor *x, const void *saved,
-                                         size_t saved_bytes, const cluda_tensor *dy,
-                                         cluda_tensor *dx, cluda_sr_attention_weights *grads);
+                                         const cluda_sr_attention_weights *w, const cluda_tensor *x,
+                                         const void *saved, size_t saved_bytes,
+                                         const cluda_tensor *dy, cluda_tensor *dx,
+                                         cluda_sr_attention_weights *grads);
 
 #ifdef __cplusplus
 }

@@ -62,7 +62,8 @@ cluda_status cluda_cpu_gelu_forward(cluda_ctx *ctx, const cluda_tensor *x, cluda
   float *out = cluda_f32(y);
   int64_t n = cluda_tensor_numel(x);
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * kInvSqrt2));
+  for (int64_t i = 0; i < n; i++)
+    out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * kInvSqrt2));
   return cluda_ok();
 }
 
@@ -88,7 +89,8 @@ cluda_status cluda_cpu_relu_forward(cluda_ctx *ctx, const cluda_tensor *x, cluda
   float *out = cluda_f32(y);
   int64_t n = cluda_tensor_numel(x);
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+  for (int64_t i = 0; i < n; i++)
+    out[i] = in[i] > 0.0f ? in[i] : 0.0f;
   return cluda_ok();
 }
 
@@ -99,7 +101,8 @@ cluda_status cluda_cpu_relu_backward(cluda_ctx *ctx, const cluda_tensor *y, cons
   float *d = cluda_f32(dx);
   int64_t n = cluda_tensor_numel(y);
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) d[i] = out[i] > 0.0f ? g[i] : 0.0f;
+  for (int64_t i = 0; i < n; i++)
+    d[i] = out[i] > 0.0f ? g[i] : 0.0f;
   return cluda_ok();
 }
 
@@ -109,7 +112,8 @@ cluda_status cluda_cpu_sigmoid_forward(cluda_ctx *ctx, const cluda_tensor *x, cl
   float *out = cluda_f32(y);
   int64_t n = cluda_tensor_numel(x);
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + expf(-in[i]));
+  for (int64_t i = 0; i < n; i++)
+    out[i] = 1.0f / (1.0f + expf(-in[i]));
   return cluda_ok();
 }
 
@@ -120,6 +124,7 @@ cluda_status cluda_cpu_sigmoid_backward(cluda_ctx *ctx, const cluda_tensor *y,
   float *d = cluda_f32(dx);
   int64_t n = cluda_tensor_numel(y);
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; i++) d[i] = g[i] * out[i] * (1.0f - out[i]);
+  for (int64_t i = 0; i < n; i++)
+    d[i] = g[i] * out[i] * (1.0f - out[i]);
   return cluda_ok();
 }

@@ -15,6 +15,7 @@ cluda_status cluda_cpu_axpy(cluda_ctx *ctx, float alpha, const cluda_tensor *x, 
   float *out = cluda_f32(y);
   int64_t n = cluda_tensor_numel(x);
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i++) out[i] += alpha * in[i];
+  for (int64_t i = 0; i < n; i++)
+    out[i] += alpha * in[i];
   return cluda_ok();
 }

@@ -49,15 +49,18 @@ int test_finish(const char *program) {
 
 void test_fill_uniform(float *x, int64_t n, float lo, float hi, uint64_t seed, uint32_t slot) {
   cluda_rng_key key = cluda_rng_make_key(seed, 0, 0, CLUDA_RNG_TEST, slot);
-  for (int64_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * cluda_rng_uniform(key, (uint64_t)i);
+  for (int64_t i = 0; i < n; i++)
+    x[i] = lo + (hi - lo) * cluda_rng_uniform(key, (uint64_t)i);
 }
 
 void test_to_double(const float *x, double *y, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] = x[i];
+  for (int64_t i = 0; i < n; i++)
+    y[i] = x[i];
 }
 
 void test_to_float(const double *x, float *y, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] = (float)x[i];
+  for (int64_t i = 0; i < n; i++)
+    y[i] = (float)x[i];
 }
 
 void *test_alloc(size_t bytes) {
@@ -105,8 +108,8 @@ int test_compare(const char *what, const float *got, const double *want, int64_t
   return compare_impl(what, got, want, NULL, n, rtol, atol);
 }
 
-int test_compare_f32(const char *what, const float *got, const float *want, int64_t n,
-                     double rtol, double atol) {
+int test_compare_f32(const char *what, const float *got, const float *want, int64_t n, double rtol,
+                     double atol) {
   return compare_impl(what, got, NULL, want, n, rtol, atol);
 }
 

@@ -32,7 +32,8 @@ int test_status_ok(cluda_status s, const char *expr, const char *file, int line)
 
 /* Checks that a cluda call failed with the given code and that its message mentions
  * `needle` (e.g. the argument name); prints the message so the log shows what users see. */
-#define TEST_FAILS(expr, code, needle) test_status_fails((expr), (code), (needle), #expr, __FILE__, __LINE__)
+#define TEST_FAILS(expr, code, needle)                                                             \
+  test_status_fails((expr), (code), (needle), #expr, __FILE__, __LINE__)
 int test_status_fails(cluda_status s, cluda_code code, const char *needle, const char *expr,
                       const char *file, int line);
 
@@ -54,8 +55,8 @@ double *test_alloc_f64(int64_t n);
 int test_compare(const char *what, const float *got, const double *want, int64_t n, double rtol,
                  double atol);
 /* The same with float expectations (e.g. fixtures, CPU twins). */
-int test_compare_f32(const char *what, const float *got, const float *want, int64_t n,
-                     double rtol, double atol);
+int test_compare_f32(const char *what, const float *got, const float *want, int64_t n, double rtol,
+                     double atol);
 
 /* Scalar function of a double vector, for finite differences. */
 typedef double (*test_scalar_fn)(const double *x, void *user);

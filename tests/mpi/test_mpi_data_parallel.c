@@ -29,10 +29,10 @@ static void test_linear_gradient_allreduce(int rank, int size) {
   TEST_OK(cluda_linear_backward(&ctx, &tx, &tw, &tdy, NULL, &tdw, &tdb));
 
   float dw_shard[OUT * IN] = {0}, db_shard[OUT] = {0};
-  cluda_tensor sx = cluda_tensor_2d(CLUDA_F32, x + (size_t)rank * ROWS_PER_RANK * IN,
-                                    ROWS_PER_RANK, IN);
-  cluda_tensor sdy = cluda_tensor_2d(CLUDA_F32, dy + (size_t)rank * ROWS_PER_RANK * OUT,
-                                     ROWS_PER_RANK, OUT);
+  cluda_tensor sx =
+      cluda_tensor_2d(CLUDA_F32, x + (size_t)rank * ROWS_PER_RANK * IN, ROWS_PER_RANK, IN);
+  cluda_tensor sdy =
+      cluda_tensor_2d(CLUDA_F32, dy + (size_t)rank * ROWS_PER_RANK * OUT, ROWS_PER_RANK, OUT);
   cluda_tensor sdw = cluda_tensor_2d(CLUDA_F32, dw_shard, OUT, IN);
   cluda_tensor sdb = cluda_tensor_1d(CLUDA_F32, db_shard, OUT);
   TEST_OK(cluda_linear_backward(&ctx, &sx, &tw, &sdy, NULL, &sdw, &sdb));
@@ -40,8 +40,7 @@ static void test_linear_gradient_allreduce(int rank, int size) {
   MPI_Allreduce(MPI_IN_PLACE, db_shard, OUT, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
 
   /* summation order differs (shards then ranks), so equal up to float rounding */
-  test_compare_f32("all-reduced dw equals full-batch dw", dw_shard, dw_full, OUT * IN, 1e-5,
-                   1e-6);
+  test_compare_f32("all-reduced dw equals full-batch dw", dw_shard, dw_full, OUT * IN, 1e-5, 1e-6);
   test_compare_f32("all-reduced db equals full-batch db", db_shard, db_full, OUT, 1e-5, 1e-6);
   free(x);
   free(dy);

@@ -13,9 +13,10 @@ static double sigmoid_ref(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* The gradient of L(x) = sum_i r_i f(x_i) is the backward with dy = r. The op is
  * elementwise, so the central difference of L in x_i only involves term i. */
-static void elementwise_finite_difference(scalar_map f, const double *x, const double *r,
-                                          int64_t n, double h, double *grad) {
-  for (int64_t i = 0; i < n; i++) grad[i] = r[i] * (f(x[i] + h) - f(x[i] - h)) / (2.0 * h);
+static void elementwise_finite_difference(scalar_map f, const double *x, const double *r, int64_t n,
+                                          double h, double *grad) {
+  for (int64_t i = 0; i < n; i++)
+    grad[i] = r[i] * (f(x[i] + h) - f(x[i] - h)) / (2.0 * h);
 }
 
 typedef struct activation_case {
@@ -45,7 +46,8 @@ static void check_activation(const activation_case *c, int n, int h, int w, int 
 
   TEST_OK(c->forward(&ctx, &tx, &ty));
   test_to_double(x, xd, count);
-  for (int64_t i = 0; i < count; i++) want[i] = c->ref(xd[i]);
+  for (int64_t i = 0; i < count; i++)
+    want[i] = c->ref(xd[i]);
   char what[96];
   snprintf(what, sizeof what, "%s forward [%d,%d,%d,%d]", c->name, n, h, w, ch);
   test_compare(what, y, want, count, 1e-6, 1e-7);

@@ -11,7 +11,8 @@ static void check_axpy(int n, int h, int w, int c, float alpha) {
   double *want = test_alloc_f64(count);
   test_fill_uniform(x, count, -2.0f, 2.0f, 3, 0);
   test_fill_uniform(y, count, -2.0f, 2.0f, 3, 1);
-  for (int64_t i = 0; i < count; i++) want[i] = (double)y[i] + (double)alpha * (double)x[i];
+  for (int64_t i = 0; i < count; i++)
+    want[i] = (double)y[i] + (double)alpha * (double)x[i];
   cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, n, h, w, c);
   cluda_tensor ty = cluda_tensor_4d(CLUDA_F32, y, n, h, w, c);
   TEST_OK(cluda_axpy(&ctx, alpha, &tx, &ty));

@@ -23,8 +23,8 @@ static void test_philox_known_answers(void) {
   for (size_t i = 0; i < sizeof kat / sizeof kat[0]; i++) {
     uint32_t out[4];
     cluda_philox4x32_10(kat[i].ctr, kat[i].key, out);
-    TEST_CHECK(memcmp(out, kat[i].out, sizeof out) == 0,
-               "philox KAT %zu: got %08x %08x %08x %08x", i, out[0], out[1], out[2], out[3]);
+    TEST_CHECK(memcmp(out, kat[i].out, sizeof out) == 0, "philox KAT %zu: got %08x %08x %08x %08x",
+               i, out[0], out[1], out[2], out[3]);
   }
 }
 
@@ -59,8 +59,8 @@ static void test_rng_streams(void) {
     nsum += z;
     nsq += z * z;
   }
-  TEST_CHECK(fabs(nsum / n) < 0.02 && fabs(nsq / n - 1.0) < 0.02, "normal moments: %g %g",
-             nsum / n, nsq / n);
+  TEST_CHECK(fabs(nsum / n) < 0.02 && fabs(nsq / n - 1.0) < 0.02, "normal moments: %g %g", nsum / n,
+             nsq / n);
 }
 
 static cluda_status fails_on_purpose(int value) {
