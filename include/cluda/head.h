@@ -65,8 +65,8 @@ cluda_status cluda_head_declare(cluda_head *head, const cluda_head_config *cfg, 
 /* Initialisation of model.md 2.1 (Kaiming fan-out convs, BN 1/0, conv_seg normal 0.01,
  * PyTorch-default linears; running mean 0, running var 1). */
 cluda_status cluda_head_init(const cluda_head *head, const cluda_param_table *params,
-                             float *param_data, const cluda_param_table *state,
-                             float *state_data, uint64_t seed);
+                             float *param_data, const cluda_param_table *state, float *state_data,
+                             uint64_t seed);
 
 typedef struct cluda_head_plan {
   int batch;
@@ -83,12 +83,11 @@ cluda_status cluda_head_plan_for(const cluda_head *head, int batch, const int in
 /* feats[i] [B, in_h[i], in_w[i], in_channels[i]]; state (BN running statistics) is read,
  * and updated when mode->bn_batch_stats. fused and logits receive views inside acts:
  * fused [B, out_h, out_w, channels], logits [B, out_h, out_w, num_classes]. */
-cluda_status cluda_head_forward(cluda_ctx *ctx, const cluda_head *head,
-                                const cluda_head_plan *plan, const cluda_param_table *params,
-                                const float *param_data, const cluda_param_table *state,
-                                float *state_data, const cluda_run_mode *mode,
-                                const cluda_tensor feats[4], void *acts, cluda_tensor *fused,
-                                cluda_tensor *logits);
+cluda_status cluda_head_forward(cluda_ctx *ctx, const cluda_head *head, const cluda_head_plan *plan,
+                                const cluda_param_table *params, const float *param_data,
+                                const cluda_param_table *state, float *state_data,
+                                const cluda_run_mode *mode, const cluda_tensor feats[4], void *acts,
+                                cluda_tensor *fused, cluda_tensor *logits);
 
 /* Accumulates parameter gradients into grads. dlogits and dfused (either may be NULL, not
  * both) are the gradients of the two outputs; dfeats[i] (each may be NULL) are overwritten. */

@@ -79,8 +79,8 @@ cluda_status cluda_mit_forward(cluda_ctx *ctx, const cluda_mit *mit, const cluda
  * gradient of stage output i, NULL for none. dx (may be NULL) is overwritten. Needs the
  * same mode as the forward (drop-path masks are saved in acts). */
 cluda_status cluda_mit_backward(cluda_ctx *ctx, const cluda_mit *mit, const cluda_mit_plan *plan,
-                                const cluda_param_table *table, const float *params,
-                                float *grads, const cluda_tensor *x, const void *acts,
+                                const cluda_param_table *table, const float *params, float *grads,
+                                const cluda_tensor *x, const void *acts,
                                 const cluda_tensor *const dout[4], cluda_tensor *dx);
 
 #ifdef __cplusplus

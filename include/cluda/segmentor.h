@@ -66,10 +66,9 @@ cluda_status cluda_segmentor_forward(cluda_ctx *ctx, const cluda_segmentor *mode
  * NULL. */
 cluda_status cluda_segmentor_backward(cluda_ctx *ctx, const cluda_segmentor *model,
                                       const cluda_segmentor_plan *plan, const float *params,
-                                      float *grads, const float *state,
-                                      const cluda_run_mode *mode, const cluda_tensor *x,
-                                      const void *acts, const cluda_tensor *dlogits,
-                                      const cluda_tensor *dfused,
+                                      float *grads, const float *state, const cluda_run_mode *mode,
+                                      const cluda_tensor *x, const void *acts,
+                                      const cluda_tensor *dlogits, const cluda_tensor *dfused,
                                       const cluda_tensor *const denc[4], cluda_tensor *dx);
 
 #ifdef __cplusplus

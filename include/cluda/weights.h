@@ -14,7 +14,12 @@ extern "C" {
 #endif
 
 /* ---- safetensors (8-byte little-endian header length, JSON header, raw data) ---- */
-typedef enum cluda_st_dtype { CLUDA_ST_F32, CLUDA_ST_F16, CLUDA_ST_BF16, CLUDA_ST_F64 } cluda_st_dtype;
+typedef enum cluda_st_dtype {
+  CLUDA_ST_F32,
+  CLUDA_ST_F16,
+  CLUDA_ST_BF16,
+  CLUDA_ST_F64
+} cluda_st_dtype;
 
 typedef struct cluda_st_tensor {
   char name[160];
@@ -69,8 +74,8 @@ typedef struct cluda_load_report {
 /* Loads a safetensors file into params/state. Missing, unexpected or mis-shaped tensors
  * are rejected with a message naming the key and both shapes. Conv weights are transposed
  * OIHW -> OHWI; Hugging Face K/V are fused into kv; F16/BF16/F64 are converted. */
-cluda_status cluda_load_safetensors(const char *path, const cluda_segmentor *model,
-                                    float *params, float *state, const cluda_load_options *opt,
+cluda_status cluda_load_safetensors(const char *path, const cluda_segmentor *model, float *params,
+                                    float *state, const cluda_load_options *opt,
                                     cluda_load_report *report);
 
 /* ---- cluda's HDF5 weight file: one float32 dataset per name (cluda layout), attributes for
@@ -78,8 +83,8 @@ cluda_status cluda_load_safetensors(const char *path, const cluda_segmentor *mod
 cluda_status cluda_weights_save_h5(const char *path, const cluda_segmentor *model,
                                    const float *params, const float *state);
 /* Rejects a file of another architecture (attributes or shapes differ) naming what differs. */
-cluda_status cluda_weights_load_h5(const char *path, const cluda_segmentor *model,
-                                   float *params, float *state);
+cluda_status cluda_weights_load_h5(const char *path, const cluda_segmentor *model, float *params,
+                                   float *state);
 
 #ifdef __cplusplus
 }
