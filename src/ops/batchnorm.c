@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "op_common.h"
+#include "reduce.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
 
@@ -86,8 +87,6 @@ cluda_status cluda_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_para
 /* ---- CPU implementations ----
  * Channel reductions: each thread owns a block of COL_BLOCK channels and walks all N*H*W
  * rows serially, accumulating in double, so results do not depend on the thread count. */
-
-enum { COL_BLOCK = 16 }; /* one 64-byte cache line of floats */
 
 static int block_width(int c, int c0) { return c - c0 < COL_BLOCK ? c - c0 : COL_BLOCK; }
 

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "op_common.h"
+#include "reduce.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
 
@@ -43,26 +44,6 @@ cluda_status cluda_l2norm_backward(cluda_ctx *ctx, float eps, const cluda_tensor
 }
 
 /* ---- CPU implementations: rows are independent, one per iteration ---- */
-
-/* Row reductions keep LANES interleaved double partial sums (independent add chains the
- * compiler vectorises), combined in a fixed order, so results stay deterministic. */
-enum { LANES = 8 };
-
-static double lanes_total(const double *acc) {
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-/* sum of a b in double */
-static double row_dot(const float *a, const float *b, int n) {
-  double acc[LANES] = {0};
-  int i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int j = 0; j < LANES; j++)
-      acc[j] += (double)a[i + j] * b[i + j];
-  for (int j = 0; i < n; i++, j++)
-    acc[j] += (double)a[i] * b[i];
-  return lanes_total(acc);
-}
 
 cluda_status cluda_cpu_l2norm_forward(cluda_ctx *ctx, float eps, const cluda_tensor *x,
                                       cluda_tensor *y, cluda_tensor *norms) {

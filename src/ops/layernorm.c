@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "op_common.h"
+#include "reduce.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
 
@@ -61,27 +62,6 @@ cluda_status cluda_layernorm_backward(cluda_ctx *ctx, const cluda_tensor *x,
 }
 
 /* ---- CPU implementations ---- */
-
-enum { COL_BLOCK = 16 }; /* one 64-byte cache line of floats */
-
-/* Row reductions keep LANES interleaved double partial sums (independent add chains the
- * compiler vectorises), combined in a fixed order, so results stay deterministic. */
-enum { LANES = 8 };
-
-static double lanes_total(const double *acc) {
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-static double row_sum(const float *a, int n) {
-  double acc[LANES] = {0};
-  int i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int j = 0; j < LANES; j++)
-      acc[j] += a[i + j];
-  for (int j = 0; i < n; i++, j++)
-    acc[j] += a[i];
-  return lanes_total(acc);
-}
 
 /* sum of (a - m)^2 */
 static double row_sqdev(const float *a, int n, double m) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "op_common.h"
+#include "reduce.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
 
@@ -71,8 +72,6 @@ cluda_status cluda_linear_backward(cluda_ctx *ctx, const cluda_tensor *x, const 
 }
 
 /* ---- CPU implementations ---- */
-
-enum { COL_BLOCK = 16 }; /* one 64-byte cache line of floats */
 
 /* out[c] += sum over rows of a[r, c]. Threads own disjoint column blocks and sum their rows
  * serially in double, so the result does not depend on the thread count. */
