@@ -18,12 +18,16 @@ typedef enum cluda_st_dtype {
   CLUDA_ST_F32,
   CLUDA_ST_F16,
   CLUDA_ST_BF16,
-  CLUDA_ST_F64
+  CLUDA_ST_F64,
+  /* Any other safetensors dtype (I64 num_batches_tracked, ...): the file opens and such a
+   * tensor can be skipped, but reading it as float32 is refused. */
+  CLUDA_ST_OTHER
 } cluda_st_dtype;
 
 typedef struct cluda_st_tensor {
   char name[160];
   cluda_st_dtype dtype;
+  char dtype_name[12]; /* as in the header: "F32", "I64", ... */
   int ndim;
   int64_t shape[8];
   uint64_t begin, end; /* byte offsets into the data section */
