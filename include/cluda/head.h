@@ -20,7 +20,8 @@
  * "linear_c.0.proj.weight" (DAFormer's loop naming), "linear_fuse.conv.weight",
  * "linear_fuse.bn.weight", "linear_pred.weight". BatchNorm running statistics are entries
  * "<...>.bn.running_mean" / "running_var" of a separate state table. Group CLUDA_GROUP_HEAD;
- * norm parameters no_decay. */
+ * every head parameter, BN included, is decayed as in the reference (mmcv's "norm" key does
+ * not match modules named "bn": algorithm.md 4.1). */
 #ifndef CLUDA_HEAD_H
 #define CLUDA_HEAD_H
 
@@ -82,7 +83,9 @@ cluda_status cluda_head_plan_for(const cluda_head *head, int batch, const int in
 
 /* feats[i] [B, in_h[i], in_w[i], in_channels[i]]; state (BN running statistics) is read,
  * and updated when mode->bn_batch_stats. fused and logits receive views inside acts:
- * fused [B, out_h, out_w, channels], logits [B, out_h, out_w, num_classes]. */
+ * fused [B, out_h, out_w, channels], logits [B, out_h, out_w, num_classes]. Dropout2d (when
+ * mode->stochastic) draws mask element n * channels + c from mode->key with its purpose set
+ * to CLUDA_RNG_DROPOUT (seed, rank, iteration and slot as given). */
 cluda_status cluda_head_forward(cluda_ctx *ctx, const cluda_head *head, const cluda_head_plan *plan,
                                 const cluda_param_table *params, const float *param_data,
                                 const cluda_param_table *state, float *state_data,

@@ -75,12 +75,19 @@ cluda_status cluda_mit_forward(cluda_ctx *ctx, const cluda_mit *mit, const cluda
                                const cluda_run_mode *mode, const cluda_tensor *x, void *acts,
                                cluda_tensor out[4]);
 
+/* The stage-output views inside acts, the same cluda_mit_forward put in out (for a caller
+ * whose backward no longer holds them, e.g. to feed the head's backward). */
+cluda_status cluda_mit_stage_views(const cluda_mit *mit, const cluda_mit_plan *plan,
+                                   const void *acts, cluda_tensor out[4]);
+
 /* Accumulates parameter gradients into `grads` (same layout as params). dout[i] is the
- * gradient of stage output i, NULL for none. dx (may be NULL) is overwritten. Needs the
- * same mode as the forward (drop-path masks are saved in acts). */
+ * gradient of stage output i, NULL for none. dx (may be NULL) is overwritten; with every
+ * dout NULL the call does nothing, and fails if dx is given (it cannot be zeroed). `mode` must be
+ * the forward's: it says whether drop path was applied (the masks themselves are saved in acts,
+ * which may be device memory the host cannot read). */
 cluda_status cluda_mit_backward(cluda_ctx *ctx, const cluda_mit *mit, const cluda_mit_plan *plan,
                                 const cluda_param_table *table, const float *params, float *grads,
-                                const cluda_tensor *x, const void *acts,
+                                const cluda_run_mode *mode, const cluda_tensor *x, const void *acts,
                                 const cluda_tensor *const dout[4], cluda_tensor *dx);
 
 #ifdef __cplusplus

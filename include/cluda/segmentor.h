@@ -40,8 +40,8 @@ cluda_status cluda_segmentor_init(const cluda_segmentor *model, float *params, f
 typedef struct cluda_segmentor_plan {
   cluda_mit_plan encoder;
   cluda_head_plan head;
-  size_t activation_bytes; /* encoder + head */
-  size_t scratch_bytes;    /* max of the two */
+  size_t activation_bytes; /* encoder + a copy of the four stage outputs + head */
+  size_t scratch_bytes;    /* the four stage gradients + the larger of the two */
   double macs;             /* per image */
 } cluda_segmentor_plan;
 
