@@ -385,6 +385,9 @@ static cluda_status plan_for_size(infer_run *r, int height, int width) {
   CLUDA_TRY(cluda_arena_create(&r->scratch, r->plan.scratch_bytes ? r->plan.scratch_bytes : 64));
   r->scratch_created = 1;
   CLUDA_TRY(cluda_image_create(&r->labels, width, height, 1));
+  printf("plan %dx%d: %.2f GMACs per image, activations %.1f MiB, scratch %.1f MiB\n", width,
+         height, r->plan.macs * 1e-9, (double)r->plan.activation_bytes / (1 << 20),
+         (double)r->plan.scratch_bytes / (1 << 20));
   r->plan_h = height;
   r->plan_w = width;
   return cluda_ok();
