@@ -239,7 +239,9 @@ int main(int argc, char **argv) {
   check_case((attn_shape){3, 6, 6, 8, 2}, 1, 3);    /* self-attention shape, batch 3 */
   check_case((attn_shape){2, 3, 1, 4, 2}, 1, 4);    /* Nk = 1: probs are 1, dq = dk = 0 */
   check_case((attn_shape){1, 1, 5, 9, 3}, 1, 5);    /* one query */
-  check_case((attn_shape){2, 97, 40, 48, 3}, 0, 6); /* threaded path */
+  check_case((attn_shape){2, 97, 40, 48, 3}, 0, 6); /* threaded path, ragged row blocks */
+  /* N_k * head_dim > 2^15: pairs one after the other, GEMMs threaded by OpenBLAS */
+  check_case((attn_shape){1, 20, 300, 128, 1}, 0, 7);
   check_validation();
   return test_finish(argv[0]);
 }

@@ -476,6 +476,11 @@ int main(int argc, char **argv) {
       {"big im2col 2 chunks, groups 2", 2, 47, 41, 1024, 4, 3, 3, 2, 2, 1, 1, 1, 1, 2, 1, 0, 1},
       {"big depthwise 3x3", 2, 24, 20, 96, 96, 3, 3, 1, 1, 1, 1, 1, 1, 96, 1, 0, 1},
       {"big depthwise d6", 2, 13, 11, 64, 64, 3, 3, 1, 1, 6, 6, 6, 6, 64, 0, 0, 1},
+      /* depthwise kernels: vector blocks plus a scalar channel tail, strided dx, wide kernels,
+       * interior and border columns */
+      {"big depthwise 3x3 s2 d2, C 72", 2, 15, 17, 72, 72, 3, 3, 2, 2, 2, 2, 2, 2, 72, 1, 0, 1},
+      {"big depthwise 5x5 p2, C 136", 1, 9, 12, 136, 136, 5, 5, 1, 1, 2, 2, 1, 1, 136, 0, 0, 1},
+      {"big depthwise d12 p12, C 36", 1, 30, 29, 36, 36, 3, 3, 1, 1, 12, 12, 12, 12, 36, 1, 0, 1},
       {"big 1x1", 2, 16, 16, 64, 32, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1},
       {"big 3x3 s2", 2, 31, 29, 16, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0, 1},
   };
