@@ -459,14 +459,18 @@ static double fd_loss(fd_ctx *f, const float *p, const float *x) {
   return l;
 }
 
-/* Perturbs v[0, n) by +-h u (u uniform in [-1, 1); u = e_i when only > 0), returns the
+/* Perturbs v[0, n) by +-h u (u_i = sign(g_i) times a uniform draw in [0, 1), so the predicted
+ * change is a sum of non-negative terms well above the float noise of the loss, and a lost,
+ * doubled or misrouted gradient term still shows; u = e_i when only > 0), returns the
  * measured loss change and, in *predicted, the change the gradient g predicts for the float
  * perturbation really applied. */
 static double fd_perturb(fd_ctx *f, float *v, int64_t n, const float *g, const float *p,
                          const float *x, float h, int64_t only, uint32_t seed, double *predicted) {
   float *keep = test_alloc_f32(n), *u = test_alloc_f32(n);
   memcpy(keep, v, (size_t)n * sizeof(float));
-  test_fill_uniform(u, n, -1.0f, 1.0f, seed, 50);
+  test_fill_uniform(u, n, 0.0f, 1.0f, seed, 50);
+  for (int64_t i = 0; i < n; i++)
+    if (g[i] < 0.0f) u[i] = -u[i];
   if (only >= 0)
     for (int64_t i = 0; i < n; i++)
       u[i] = i == only ? 1.0f : 0.0f;
