@@ -143,3 +143,12 @@ void test_context_free(cluda_ctx *ctx) {
   }
   ctx->scratch = NULL;
 }
+
+cluda_tensor test_tensor_rows(int ndim, const int *lead, int last, void *data) {
+  cluda_tensor t = cluda_tensor_1d(CLUDA_F32, data, last);
+  t.ndim = ndim;
+  for (int i = 0; i + 1 < ndim; i++)
+    t.shape[i] = lead[i];
+  t.shape[ndim - 1] = last;
+  return t;
+}

@@ -65,6 +65,9 @@ typedef double (*test_scalar_fn)(const double *x, void *user);
 void test_finite_difference(test_scalar_fn f, void *user, double *x, int64_t n, double h,
                             double *grad);
 
+/* An f32 tensor view of `ndim` dimensions: lead[0..ndim-2], then `last`. */
+cluda_tensor test_tensor_rows(int ndim, const int *lead, int last, void *data);
+
 /* A CPU context with a scratch arena of `bytes` (free with test_context_free). */
 cluda_ctx test_cpu_context(size_t bytes);
 void test_context_free(cluda_ctx *ctx);

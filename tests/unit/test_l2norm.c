@@ -10,15 +10,6 @@
 
 #include "testing.h"
 
-static cluda_tensor make(int ndim, const int *lead, int last, void *data) {
-  cluda_tensor t = cluda_tensor_1d(CLUDA_F32, data, last);
-  t.ndim = ndim;
-  for (int i = 0; i + 1 < ndim; i++)
-    t.shape[i] = lead[i];
-  t.shape[ndim - 1] = last;
-  return t;
-}
-
 typedef struct l2_ref {
   double *x, *r;
   int64_t rows;
@@ -69,8 +60,8 @@ static void check_l2norm(int ndim, const int *lead, int c, float eps, const doub
       for (int i = 0; i < c; i++)
         x[r * c + i] = (float)(x[r * c + i] * row_norm[r] / sqrt(ss));
     }
-  cluda_tensor tx = make(ndim, lead, c, x), ty = make(ndim, lead, c, y),
-               tdy = make(ndim, lead, c, dy), tdx = make(ndim, lead, c, dx),
+  cluda_tensor tx = test_tensor_rows(ndim, lead, c, x), ty = test_tensor_rows(ndim, lead, c, y),
+               tdy = test_tensor_rows(ndim, lead, c, dy), tdx = test_tensor_rows(ndim, lead, c, dx),
                tn = cluda_tensor_1d(CLUDA_F32, nm, (int)rows);
   double *xd = test_alloc_f64(n), *rd = test_alloc_f64(n), *want = test_alloc_f64(n),
          *wn = test_alloc_f64(rows);
@@ -134,11 +125,11 @@ static void check_threaded(void) {
   float *x = test_alloc_f32(n), *dy = test_alloc_f32(n), *y[2], *dx[2], *nm[2];
   test_fill_uniform(x, n, -1.0f, 1.0f, 51, 0);
   test_fill_uniform(dy, n, -1.0f, 1.0f, 51, 1);
-  cluda_tensor tx = make(4, lead, c, x), tdy = make(4, lead, c, dy);
+  cluda_tensor tx = test_tensor_rows(4, lead, c, x), tdy = test_tensor_rows(4, lead, c, dy);
   for (int t = 0; t < 2; t++) {
     omp_set_num_threads(t + 1);
     y[t] = test_alloc_f32(n), dx[t] = test_alloc_f32(n), nm[t] = test_alloc_f32(rows);
-    cluda_tensor ty = make(4, lead, c, y[t]), tdx = make(4, lead, c, dx[t]),
+    cluda_tensor ty = test_tensor_rows(4, lead, c, y[t]), tdx = test_tensor_rows(4, lead, c, dx[t]),
                  tn = cluda_tensor_1d(CLUDA_F32, nm[t], (int)rows);
     TEST_OK(cluda_l2norm_forward(&ctx, eps, &tx, &ty, &tn));
     TEST_OK(cluda_l2norm_backward(&ctx, eps, &tx, &tn, &tdy, &tdx));

@@ -10,15 +10,6 @@
 
 #include "testing.h"
 
-static cluda_tensor make(int ndim, const int *lead, int last, void *data) {
-  cluda_tensor t = cluda_tensor_1d(CLUDA_F32, data, last);
-  t.ndim = ndim;
-  for (int i = 0; i + 1 < ndim; i++)
-    t.shape[i] = lead[i];
-  t.shape[ndim - 1] = last;
-  return t;
-}
-
 typedef struct ln_ref {
   double *x, *g, *b, *r;
   int64_t rows;
@@ -70,8 +61,8 @@ static void check_layernorm(int ndim, const int *lead, int c, float eps, float o
   test_fill_uniform(g, c, 0.5f, 1.5f, seed, 1);
   test_fill_uniform(b, c, -0.5f, 0.5f, seed, 2);
   test_fill_uniform(dy, n, -1.0f, 1.0f, seed, 3);
-  cluda_tensor tx = make(ndim, lead, c, x), ty = make(ndim, lead, c, y),
-               tdy = make(ndim, lead, c, dy), tdx = make(ndim, lead, c, dx);
+  cluda_tensor tx = test_tensor_rows(ndim, lead, c, x), ty = test_tensor_rows(ndim, lead, c, y),
+               tdy = test_tensor_rows(ndim, lead, c, dy), tdx = test_tensor_rows(ndim, lead, c, dx);
   cluda_tensor tg = cluda_tensor_1d(CLUDA_F32, g, c), tb = cluda_tensor_1d(CLUDA_F32, b, c),
                tdg = cluda_tensor_1d(CLUDA_F32, dg, c), tdb = cluda_tensor_1d(CLUDA_F32, dbt, c),
                tm = cluda_tensor_1d(CLUDA_F32, mean, (int)rows),
@@ -138,13 +129,13 @@ static void check_threaded(void) {
   test_fill_uniform(dy, n, -1.0f, 1.0f, 21, 1);
   test_fill_uniform(g, c, 0.5f, 1.5f, 21, 2);
   test_fill_uniform(b, c, -0.5f, 0.5f, 21, 3);
-  cluda_tensor tx = make(3, lead, c, x), tdy = make(3, lead, c, dy);
+  cluda_tensor tx = test_tensor_rows(3, lead, c, x), tdy = test_tensor_rows(3, lead, c, dy);
   cluda_tensor tg = cluda_tensor_1d(CLUDA_F32, g, c), tb = cluda_tensor_1d(CLUDA_F32, b, c);
   for (int t = 0; t < 2; t++) {
     omp_set_num_threads(t + 1);
     y[t] = test_alloc_f32(n), dx[t] = test_alloc_f32(n), dg[t] = test_alloc_f32(c),
     dbt[t] = test_alloc_f32(c), mean[t] = test_alloc_f32(rows), rstd[t] = test_alloc_f32(rows);
-    cluda_tensor ty = make(3, lead, c, y[t]), tdx = make(3, lead, c, dx[t]);
+    cluda_tensor ty = test_tensor_rows(3, lead, c, y[t]), tdx = test_tensor_rows(3, lead, c, dx[t]);
     cluda_tensor tdg = cluda_tensor_1d(CLUDA_F32, dg[t], c),
                  tdb = cluda_tensor_1d(CLUDA_F32, dbt[t], c),
                  tm = cluda_tensor_1d(CLUDA_F32, mean[t], (int)rows),

@@ -9,15 +9,6 @@
 
 #include "testing.h"
 
-static cluda_tensor make(int ndim, const int *lead, int last, void *data) {
-  cluda_tensor t = cluda_tensor_1d(CLUDA_F32, data, last);
-  t.ndim = ndim;
-  for (int i = 0; i + 1 < ndim; i++)
-    t.shape[i] = lead[i];
-  t.shape[ndim - 1] = last;
-  return t;
-}
-
 typedef struct sm_ref {
   double *x, *r;
   int64_t rows;
@@ -62,8 +53,8 @@ static void check_softmax(int ndim, const int *lead, int c, float scale, const f
   else
     test_fill_uniform(x, n, -scale, scale, seed, 0);
   test_fill_uniform(dy, n, -1.0f, 1.0f, seed, 1);
-  cluda_tensor tx = make(ndim, lead, c, x), ty = make(ndim, lead, c, y),
-               tdy = make(ndim, lead, c, dy), tdx = make(ndim, lead, c, dx);
+  cluda_tensor tx = test_tensor_rows(ndim, lead, c, x), ty = test_tensor_rows(ndim, lead, c, y),
+               tdy = test_tensor_rows(ndim, lead, c, dy), tdx = test_tensor_rows(ndim, lead, c, dx);
   double *xd = test_alloc_f64(n), *rd = test_alloc_f64(n), *want = test_alloc_f64(n);
   test_to_double(x, xd, n);
   test_to_double(dy, rd, n);
@@ -95,11 +86,11 @@ static void check_threaded(void) {
   float *x = test_alloc_f32(n), *dy = test_alloc_f32(n), *y[2], *dx[2];
   test_fill_uniform(x, n, -10.0f, 10.0f, 41, 0);
   test_fill_uniform(dy, n, -1.0f, 1.0f, 41, 1);
-  cluda_tensor tx = make(3, lead, c, x), tdy = make(3, lead, c, dy);
+  cluda_tensor tx = test_tensor_rows(3, lead, c, x), tdy = test_tensor_rows(3, lead, c, dy);
   for (int t = 0; t < 2; t++) {
     omp_set_num_threads(t + 1);
     y[t] = test_alloc_f32(n), dx[t] = test_alloc_f32(n);
-    cluda_tensor ty = make(3, lead, c, y[t]), tdx = make(3, lead, c, dx[t]);
+    cluda_tensor ty = test_tensor_rows(3, lead, c, y[t]), tdx = test_tensor_rows(3, lead, c, dx[t]);
     TEST_OK(cluda_softmax_forward(&ctx, &tx, &ty));
     TEST_OK(cluda_softmax_backward(&ctx, &ty, &tdy, &tdx));
   }
