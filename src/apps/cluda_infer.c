@@ -26,6 +26,8 @@
 #include "cluda/segmentor.h"
 #include "cluda/weights.h"
 
+#include "app_common.h"
+
 /* The encoder's total stride: smaller images leave its last stages (and the stage-1
  * spatial-reduction conv, kernel 8 on a H/4 map) without a single output pixel. */
 enum { MIN_IMAGE_SIDE = 32, MAX_SETS = 256 };
@@ -207,28 +209,6 @@ static cluda_status list_inputs(const char *input, path_list *list) {
   return cluda_ok();
 }
 
-/* mkdir -p */
-static cluda_status make_dirs(const char *path) {
-  char buf[4096];
-  CLUDA_REQUIRE(strlen(path) < sizeof buf, CLUDA_ERR_ARG, "out: path too long: %s", path);
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1;; p++) {
-    if (*p == '/' || *p == '\0') {
-      char saved = *p;
-      *p = '\0';
-      if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-        return CLUDA_FAIL(CLUDA_ERR_IO, "out: cannot create directory %s: %s", buf,
-                          strerror(errno));
-      *p = saved;
-      if (saved == '\0') break;
-    }
-  }
-  struct stat st;
-  CLUDA_REQUIRE(stat(path, &st) == 0 && S_ISDIR(st.st_mode), CLUDA_ERR_IO,
-                "out: %s is not a directory", path);
-  return cluda_ok();
-}
-
 /* "dir/a.b.png" -> "a.b" */
 static void file_stem(const char *path, char *stem, size_t size) {
   const char *base = strrchr(path, '/');
@@ -236,54 +216,6 @@ static void file_stem(const char *path, char *stem, size_t size) {
   snprintf(stem, size, "%s", base);
   size_t n = strlen(stem);
   if (n > 4 && strcasecmp(stem + n - 4, ".png") == 0) stem[n - 4] = '\0';
-}
-
-/* ---- weights ---- */
-
-typedef enum weight_format { WEIGHTS_SAFETENSORS, WEIGHTS_HDF5 } weight_format;
-
-/* By content: the HDF5 signature (at 0 or a user-block offset), or a safetensors header
- * (8-byte length, then JSON starting with '{'); by extension when the content is too
- * broken to tell, so the loader reports what is wrong. */
-static cluda_status detect_weight_format(const char *path, weight_format *format) {
-  static const unsigned char hdf5_signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  FILE *f = fopen(path, "rb");
-  CLUDA_REQUIRE(f != NULL, CLUDA_ERR_IO, "weights: cannot open %s: %s", path, strerror(errno));
-  unsigned char head[9] = {0};
-  size_t n = fread(head, 1, sizeof head, f);
-  int is_hdf5 = n >= 8 && memcmp(head, hdf5_signature, 8) == 0;
-  for (long offset = 512; !is_hdf5 && offset <= 8192; offset *= 2) {
-    unsigned char sig[8];
-    is_hdf5 = fseek(f, offset, SEEK_SET) == 0 && fread(sig, 1, 8, f) == 8 &&
-              memcmp(sig, hdf5_signature, 8) == 0;
-  }
-  fclose(f);
-  const char *dot = strrchr(path, '.');
-  if (is_hdf5) {
-    *format = WEIGHTS_HDF5;
-  } else if (n == 9 && head[8] == '{') {
-    *format = WEIGHTS_SAFETENSORS;
-  } else if (dot && !strcasecmp(dot, ".safetensors")) {
-    *format = WEIGHTS_SAFETENSORS;
-  } else if (dot && (!strcasecmp(dot, ".h5") || !strcasecmp(dot, ".hdf5"))) {
-    *format = WEIGHTS_HDF5;
-  } else {
-    return CLUDA_FAIL(CLUDA_ERR_IO,
-                      "weights: %s is neither a safetensors file nor an HDF5 weight file "
-                      "(unrecognised header%s)",
-                      path, n == 0 ? ", empty file" : "");
-  }
-  return cluda_ok();
-}
-
-static const char *naming_name(cluda_naming naming) {
-  switch (naming) {
-  case CLUDA_NAMING_AUTO: return "auto";
-  case CLUDA_NAMING_MMSEG: return "mmseg";
-  case CLUDA_NAMING_NVLABS: return "NVlabs";
-  case CLUDA_NAMING_HF: return "Hugging Face";
-  }
-  return "?";
 }
 
 /* ---- the dump ---- */
@@ -331,9 +263,7 @@ static cluda_status write_dump(const char *path, const cluda_tensor *input,
 /* Everything a run owns; released by release(). */
 typedef struct infer_run {
   cluda_config cfg;
-  cluda_segmentor model;
-  int model_created;
-  float *params, *state;
+  app_model model;
   path_list inputs;
   /* planned per image size */
   int plan_h, plan_w;
@@ -347,9 +277,7 @@ typedef struct infer_run {
 
 static void release(infer_run *r) {
   cluda_config_free(&r->cfg);
-  if (r->model_created) cluda_segmentor_free(&r->model);
-  free(r->params);
-  free(r->state);
+  app_model_free(&r->model);
   free_path_list(&r->inputs);
   free(r->acts);
   if (r->scratch_created) cluda_arena_destroy(&r->scratch);
@@ -358,16 +286,11 @@ static void release(infer_run *r) {
   cluda_image_free(&r->labels);
 }
 
-static void *alloc_aligned(size_t bytes) {
-  size_t rounded = cluda_arena_align(bytes ? bytes : 1);
-  return aligned_alloc(CLUDA_ARENA_ALIGN, rounded);
-}
-
 /* Plans and allocates the buffers of one image size (a no-op when it is the current one). */
 static cluda_status plan_for_size(infer_run *r, int height, int width) {
   if (r->plan_h == height && r->plan_w == width) return cluda_ok();
   r->plan_h = r->plan_w = 0;
-  CLUDA_TRY(cluda_segmentor_plan_for(&r->model, 1, height, width, &r->plan));
+  CLUDA_TRY(cluda_segmentor_plan_for(&r->model.seg, 1, height, width, &r->plan));
   free(r->acts);
   free(r->x);
   free(r->upsampled);
@@ -375,10 +298,10 @@ static cluda_status plan_for_size(infer_run *r, int height, int width) {
   if (r->scratch_created) cluda_arena_destroy(&r->scratch);
   r->scratch_created = 0;
   size_t pixels = (size_t)height * (size_t)width;
-  int classes = r->model.cfg.head.num_classes;
-  r->acts = alloc_aligned(r->plan.activation_bytes);
-  r->x = alloc_aligned(pixels * 3 * sizeof(float));
-  r->upsampled = alloc_aligned(pixels * (size_t)classes * sizeof(float));
+  int classes = r->model.seg.cfg.head.num_classes;
+  r->acts = app_alloc_aligned(r->plan.activation_bytes);
+  r->x = app_alloc_aligned(pixels * 3 * sizeof(float));
+  r->upsampled = app_alloc_aligned(pixels * (size_t)classes * sizeof(float));
   CLUDA_REQUIRE(r->acts && r->x && r->upsampled, CLUDA_ERR_ALLOC,
                 "infer: cannot allocate buffers for a %dx%d image (%zu bytes of activations)",
                 width, height, r->plan.activation_bytes);
@@ -393,14 +316,8 @@ static cluda_status plan_for_size(infer_run *r, int height, int width) {
   return cluda_ok();
 }
 
-static double seconds_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static cluda_status segment_image(infer_run *r, const infer_options *opt, const char *path) {
-  double start = seconds_now();
+  double start = app_seconds_now();
   cluda_image rgb;
   CLUDA_TRY(cluda_png_read_rgb(path, &rgb));
   cluda_status s = cluda_ok();
@@ -414,14 +331,14 @@ static cluda_status segment_image(infer_run *r, const infer_options *opt, const 
   cluda_image_free(&rgb);
   CLUDA_TRY(s);
 
-  int classes = r->model.cfg.head.num_classes;
+  int classes = r->model.seg.cfg.head.num_classes;
   cluda_tensor x = cluda_tensor_4d(CLUDA_F32, r->x, 1, height, width, 3);
   cluda_run_mode mode;
   memset(&mode, 0, sizeof mode); /* inference: no dropout, BN running statistics */
   cluda_ctx ctx = cluda_cpu_context(&r->scratch);
   cluda_segmentor_outputs out;
-  CLUDA_TRY(cluda_segmentor_forward(&ctx, &r->model, &r->plan, r->params, r->state, &mode, &x,
-                                    r->acts, &out));
+  CLUDA_TRY(cluda_segmentor_forward(&ctx, &r->model.seg, &r->plan, r->model.params, r->model.state,
+                                    &mode, &x, r->acts, &out));
   cluda_tensor up = cluda_tensor_4d(CLUDA_F32, r->upsampled, 1, height, width, classes);
   CLUDA_TRY(cluda_resize_bilinear_forward(&ctx, 0, &out.logits, &up));
   size_t pixels = (size_t)height * (size_t)width;
@@ -444,73 +361,21 @@ static cluda_status segment_image(infer_run *r, const infer_options *opt, const 
   CLUDA_TRY(s);
   CLUDA_TRY(cluda_png_write(label_path, &r->labels));
   if (opt->dump_path) CLUDA_TRY(write_dump(opt->dump_path, &x, &out));
-  printf("%s: %dx%d -> %s (%.2f s)\n", path, width, height, color_path, seconds_now() - start);
-  return cluda_ok();
-}
-
-static cluda_status load_weights(infer_run *r, const infer_options *opt, uint64_t seed) {
-  CLUDA_TRY(cluda_segmentor_init(&r->model, r->params, r->state, seed));
-  if (!opt->weights_path) {
-    printf("weights: none given; random initialisation from seed %llu\n", (unsigned long long)seed);
-    return cluda_ok();
-  }
-  weight_format format = WEIGHTS_SAFETENSORS;
-  CLUDA_TRY(detect_weight_format(opt->weights_path, &format));
-  if (format == WEIGHTS_HDF5) {
-    CLUDA_TRY(cluda_weights_load_h5(opt->weights_path, &r->model, r->params, r->state));
-    printf("weights: %s (cluda HDF5)\n", opt->weights_path);
-    return cluda_ok();
-  }
-  cluda_load_options load = {CLUDA_NAMING_AUTO, opt->allow_missing_head};
-  cluda_load_report report;
-  memset(&report, 0, sizeof report);
-  CLUDA_TRY(
-      cluda_load_safetensors(opt->weights_path, &r->model, r->params, r->state, &load, &report));
-  printf("weights: %s (safetensors, %s naming): %d tensors loaded, %d ignored", opt->weights_path,
-         naming_name(report.naming), report.loaded, report.ignored);
-  if (report.missing_head)
-    printf("; %d decode-head tensors missing, kept from the random initialisation (seed %llu)",
-           report.missing_head, (unsigned long long)seed);
-  printf("\n");
+  printf("%s: %dx%d -> %s (%.2f s)\n", path, width, height, color_path, app_seconds_now() - start);
   return cluda_ok();
 }
 
 static cluda_status run(const infer_options *opt, infer_run *r) {
-  CLUDA_TRY(cluda_config_init(&r->cfg));
-  CLUDA_TRY(cluda_config_load_file(&r->cfg, opt->config_path));
-  for (int i = 0; i < opt->set_count; i++)
-    CLUDA_TRY(cluda_config_set(&r->cfg, opt->sets[i]));
-  if (opt->seed_text) {
-    char assignment[128];
-    snprintf(assignment, sizeof assignment, "seed=%s", opt->seed_text);
-    CLUDA_TRY(cluda_config_set(&r->cfg, assignment));
-  }
+  CLUDA_TRY(app_load_config(&r->cfg, opt->config_path, opt->sets, opt->set_count, opt->seed_text));
   if (opt->print_config) return cluda_config_write_yaml(&r->cfg, stdout);
-
-  int64_t seed = 0;
-  CLUDA_TRY(cluda_config_get_int(&r->cfg, "seed", &seed));
-  cluda_segmentor_config model_cfg;
-  CLUDA_TRY(cluda_config_to_segmentor_config(&r->cfg, &model_cfg));
-  CLUDA_TRY(cluda_segmentor_create(&r->model, &model_cfg));
-  r->model_created = 1;
-  r->params = alloc_aligned(sizeof(float) * r->model.params.total);
-  r->state = alloc_aligned(sizeof(float) * (r->model.state.total ? r->model.state.total : 1));
-  CLUDA_REQUIRE(r->params && r->state, CLUDA_ERR_ALLOC, "infer: cannot allocate %zu parameters",
-                r->model.params.total);
-  memset(r->params, 0, sizeof(float) * r->model.params.total);
-  memset(r->state, 0, sizeof(float) * r->model.state.total);
-  const cluda_head_config *head = &model_cfg.head;
-  printf("model: MiT-%s + %s head (E=%d, channels=%d, %d classes), %zu parameters\n",
-         model_cfg.encoder_name, head->kind == CLUDA_HEAD_SEGFORMER ? "SegFormer" : "DAFormer",
-         head->embed_dims, head->channels, head->num_classes,
-         cluda_param_table_elements(&r->model.params));
-  CLUDA_TRY(load_weights(r, opt, (uint64_t)seed));
+  CLUDA_TRY(
+      app_model_create(&r->model, &r->cfg, opt->weights_path, opt->allow_missing_head, "infer"));
 
   CLUDA_TRY(list_inputs(opt->input, &r->inputs));
   CLUDA_REQUIRE(!opt->dump_path || r->inputs.count == 1, CLUDA_ERR_ARG,
                 "infer: --dump needs a single input image; %s holds %d", opt->input,
                 r->inputs.count);
-  CLUDA_TRY(make_dirs(opt->out_dir));
+  CLUDA_TRY(app_make_dirs(opt->out_dir, "out"));
   for (int i = 0; i < r->inputs.count; i++)
     CLUDA_TRY(segment_image(r, opt, r->inputs.paths[i]));
   if (opt->dump_path) printf("dump: %s\n", opt->dump_path);

@@ -1,0 +1,436 @@
+/* cluda_eval end to end: the test runs the built program (build/bin/cluda_eval, found from
+ * this test's own path build/tests/test_eval_cli) on image/label PNG pairs it writes, and
+ * checks exit codes, messages and outputs: --help, a tiny random-init run (the table, the
+ * JSON's structure and its mIoU equal to an in-process evaluation with the same weights,
+ * saved predictions), slide = whole when the window covers the image, the 16/13 protocols,
+ * and every bad input (non-zero exit and one line naming the problem). */
+#include <fcntl.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cluda/config.h"
+#include "cluda/eval.h"
+#include "cluda/image.h"
+#include "cluda/segmentor.h"
+#include "cluda/weights.h"
+#include "testing.h"
+
+extern char **environ;
+
+#define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
+
+static char binary[1024];
+static char tmpdir[400];
+
+typedef struct cli_result {
+  int exit_code; /* -1 when killed by a signal */
+  char out[32768], err[4096];
+} cli_result;
+
+static void read_small(const char *path, char *buf, size_t size) {
+  FILE *f = fopen(path, "rb");
+  size_t n = f ? fread(buf, 1, size - 1, f) : 0;
+  buf[n] = '\0';
+  if (f) fclose(f);
+}
+
+/* Runs cluda_eval with the NULL-terminated arguments; stdout/stderr captured. */
+static void cli(cli_result *r, ...) {
+  const char *args[64];
+  int n = 0;
+  args[n++] = binary;
+  va_list ap;
+  va_start(ap, r);
+  for (const char *a = va_arg(ap, const char *); a && n < 63; a = va_arg(ap, const char *))
+    args[n++] = a;
+  va_end(ap);
+  args[n] = NULL;
+  char out_path[1024], err_path[1024];
+  snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
+  snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid;
+  int status = 0;
+  r->exit_code = -1;
+  if (posix_spawn(&pid, binary, &actions, NULL, (char *const *)args, environ) == 0 &&
+      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
+    r->exit_code = WEXITSTATUS(status);
+  posix_spawn_file_actions_destroy(&actions);
+  read_small(out_path, r->out, sizeof r->out);
+  read_small(err_path, r->err, sizeof r->err);
+}
+
+/* Exit 1, exactly one line on stderr, which names every needle. */
+static void expect_error(const cli_result *r, const char *what, const char *needle1,
+                         const char *needle2) {
+  const char *newline = strchr(r->err, '\n');
+  int one_line = newline && newline[1] == '\0' && strncmp(r->err, "cluda_eval: error: ", 19) == 0;
+  int named = (!needle1 || strstr(r->err, needle1)) && (!needle2 || strstr(r->err, needle2));
+  TEST_CHECK(r->exit_code == 1 && one_line && named, "%s: exit %d, stderr: %s", what, r->exit_code,
+             r->err);
+  if (r->exit_code == 1) printf("  expected error (%s): %s", what, r->err);
+}
+
+/* "<tmpdir>/<name>"; each call gets its own buffer, so paths can be kept. */
+static const char *tmp(const char *name) {
+  static char paths[128][1024];
+  static int next = 0;
+  char *p = paths[next++ % 128];
+  snprintf(p, 1024, "%s/%s", tmpdir, name);
+  return p;
+}
+
+static char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *buf = test_alloc(1 << 16);
+  size_t n = fread(buf, 1, (1 << 16) - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  return buf;
+}
+
+/* A smooth colour pattern, and labels in bands with some 255 and a seed-dependent shift. */
+static void write_pair(const char *dir, const char *name, int width, int height, int seed) {
+  char path[1024];
+  cluda_image img, lab;
+  if (!TEST_OK(cluda_image_create(&img, width, height, 3)) ||
+      !TEST_OK(cluda_image_create(&lab, width, height, 1)))
+    return;
+  for (int y = 0; y < height; y++)
+    for (int x = 0; x < width; x++) {
+      for (int c = 0; c < 3; c++)
+        img.pixels[((size_t)y * width + x) * 3 + c] =
+            (uint8_t)(127 + 120 * sin(0.21 * x * (c + 1) + 0.13 * y * (3 - c) + seed));
+      int band = (x / 9 + y / 7 + seed) % 21;
+      lab.pixels[(size_t)y * width + x] = band >= 19 ? 255 : (uint8_t)band;
+    }
+  snprintf(path, sizeof path, "%s/%s_rgb.png", dir, name);
+  TEST_OK(cluda_png_write(path, &img));
+  snprintf(path, sizeof path, "%s/%s_labelTrainIds.png", dir, name);
+  TEST_OK(cluda_png_write(path, &lab));
+  cluda_image_free(&img);
+  cluda_image_free(&lab);
+}
+
+static void make_dataset(const char *dir) {
+  mkdir(dir, 0755);
+  write_pair(dir, "00000", 64, 48, 0);
+  write_pair(dir, "00001", 64, 48, 1);
+  write_pair(dir, "00002", 40, 56, 2); /* another size: the buffers are re-planned */
+}
+
+/* ---- the in-process reference ---- */
+
+typedef struct model {
+  cluda_segmentor seg;
+  float *params, *state;
+} model;
+
+static int make_model(model *m, const char *set_override, uint64_t seed) {
+  cluda_config cfg;
+  cluda_segmentor_config sc;
+  memset(m, 0, sizeof *m);
+  if (!TEST_OK(cluda_config_init(&cfg))) return 0;
+  int ok = TEST_OK(cluda_config_load_file(&cfg, TINY_CONFIG));
+  if (ok && set_override) ok = TEST_OK(cluda_config_set(&cfg, set_override));
+  ok = ok && TEST_OK(cluda_config_to_segmentor_config(&cfg, &sc));
+  cluda_config_free(&cfg);
+  ok = ok && TEST_OK(cluda_segmentor_create(&m->seg, &sc));
+  if (!ok) return 0;
+  m->params = test_alloc_f32((int64_t)m->seg.params.total);
+  m->state = test_alloc_f32((int64_t)(m->seg.state.total ? m->seg.state.total : 1));
+  memset(m->state, 0, sizeof(float) * m->seg.state.total);
+  return TEST_OK(cluda_segmentor_init(&m->seg, m->params, m->state, seed));
+}
+
+static void free_model(model *m) {
+  cluda_segmentor_free(&m->seg);
+  free(m->params);
+  free(m->state);
+}
+
+/* The confusion matrix of the dataset under the tiny network of `seed`, whole images. */
+static int reference_confusion(const char *dir, uint64_t seed, cluda_confusion *cm) {
+  model m;
+  if (!make_model(&m, NULL, seed)) return 0;
+  cluda_eval_pairs pairs;
+  cluda_predictor p;
+  cluda_infer_settings st = {CLUDA_INFER_WHOLE, 0, 0, 0, 0};
+  int ok = TEST_OK(cluda_confusion_create(cm, 19)) && TEST_OK(cluda_eval_list_pairs(dir, &pairs));
+  if (ok && TEST_OK(cluda_predictor_init(&p, &m.seg, m.params, m.state, &st))) {
+    for (int i = 0; i < pairs.count && ok; i++) {
+      cluda_image rgb, lab;
+      ok = TEST_OK(cluda_png_read_rgb(pairs.items[i].image, &rgb)) &&
+           TEST_OK(cluda_png_read_labels(pairs.items[i].label, &lab));
+      if (!ok) break;
+      size_t n = (size_t)rgb.width * rgb.height;
+      float *x = test_alloc_f32((int64_t)n * 3);
+      uint8_t *pred = test_alloc(n);
+      ok = TEST_OK(cluda_image_normalize(&rgb, x)) &&
+           TEST_OK(cluda_predictor_run(&p, x, rgb.height, rgb.width, pred)) &&
+           TEST_OK(cluda_confusion_add(cm, pred, lab.pixels, n));
+      free(x);
+      free(pred);
+      cluda_image_free(&rgb);
+      cluda_image_free(&lab);
+    }
+    cluda_predictor_free(&p);
+    cluda_eval_pairs_free(&pairs);
+  }
+  free_model(&m);
+  return ok;
+}
+
+/* ---- tests ---- */
+
+static void test_help_and_usage(void) {
+  cli_result r;
+  cli(&r, "--help", NULL);
+  const char *flags[] = {"--config",
+                         "--set",
+                         "--weights",
+                         "--seed",
+                         "--data",
+                         "--mode",
+                         "--protocol",
+                         "--save-pred",
+                         "--json",
+                         "--print-config",
+                         "--print-config-reference",
+                         "--help",
+                         "_labelTrainIds.png",
+                         "_rgb.png",
+                         "_leftImg8bit.png"};
+  int all = r.exit_code == 0;
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+    if (!strstr(r.out, flags[i])) {
+      all = 0;
+      printf("  --help does not mention %s\n", flags[i]);
+    }
+  TEST_CHECK(all, "--help exits 0 and documents every flag");
+  cli(&r, NULL);
+  TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--config is required"), "no arguments: %s", r.err);
+  cli(&r, "--config", TINY_CONFIG, "--bogus", NULL);
+  TEST_CHECK(r.exit_code == 2 && strstr(r.err, "unknown option '--bogus'"), "unknown option: %s",
+             r.err);
+  cli(&r, "--config", TINY_CONFIG, "--data", NULL);
+  TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--data needs a value"), "missing value: %s", r.err);
+  cli(&r, "--config", TINY_CONFIG, "--json", "a", "--json", "b", NULL);
+  TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--json given twice"), "twice: %s", r.err);
+  cli(&r, "--print-config-reference", NULL);
+  TEST_CHECK(r.exit_code == 0 && strstr(r.out, "| `eval.mode` | enum | `whole` |"),
+             "--print-config-reference lists the eval keys");
+  cli(&r, "--config", TINY_CONFIG, "--print-config", "--mode", "slide", "--protocol=16", NULL);
+  TEST_CHECK(r.exit_code == 0 && strstr(r.out, "eval:\n") &&
+                 strstr(r.out, "  mode: slide  # --set 'eval.mode=slide'") &&
+                 strstr(r.out, "  num_classes_protocol: 16  # --set"),
+             "--mode and --protocol are config overrides:\n%s%s", r.out, r.err);
+}
+
+static void test_tiny_run(const char *data) {
+  cli_result r;
+  const char *json = tmp("m.json");
+  const char *pred_dir = tmp("pred/nested");
+  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json, "--save-pred",
+      pred_dir, NULL);
+  printf("%s", r.out);
+  TEST_CHECK(r.exit_code == 0, "tiny random-init run exits 0 (stderr: %s)", r.err);
+  TEST_CHECK(strstr(r.out, "3 image/label pairs") && strstr(r.out, "[3/3] 00002: 40x56") &&
+                 strstr(r.out, "inference: whole image"),
+             "lists the pairs and the images");
+  TEST_CHECK(strstr(r.out, "\nroad ") && strstr(r.out, "\nbicycle ") &&
+                 strstr(r.out, "\nmIoU19 ") && strstr(r.out, "\naAcc ") && !strstr(r.out, "mIoU16"),
+             "prints the per-class table and mIoU19 only");
+
+  char *text = read_text(json);
+  TEST_CHECK(text != NULL, "--json wrote %s", json);
+  cluda_confusion ref;
+  if (text && reference_confusion(data, 3, &ref)) {
+    const char *fields[] = {"\"num_classes\": 19", "\"protocol\": 19", "\"images\": 3",
+                            "\"miou\": ",          "\"miou16\": ",     "\"miou13\": ",
+                            "\"aacc\": ",          "\"classes\": [",   "\"name\": \"bicycle\""};
+    int all = 1;
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+      all &= strstr(text, fields[i]) != NULL;
+    TEST_CHECK(all, "JSON structure:\n%.400s", text);
+    int ids = 0;
+    for (const char *p = strstr(text, "{\"id\": "); p; p = strstr(p + 1, "{\"id\": "))
+      ids++;
+    TEST_CHECK(ids == 19, "JSON: 19 class entries (%d)", ids);
+    cluda_seg_metrics m;
+    if (TEST_OK(cluda_seg_metrics_compute(&ref, CLUDA_PROTOCOL_ALL, &m))) {
+      char want[80];
+      snprintf(want, sizeof want, "\"miou19\": %.17g,", m.miou);
+      TEST_CHECK(strstr(text, want) != NULL, "mIoU = in-process evaluation (%s)", want);
+      snprintf(want, sizeof want, "\"labelled_pixels\": %lld,", (long long)m.labelled);
+      TEST_CHECK(strstr(text, want) != NULL, "labelled pixels (%s)", want);
+    }
+    cluda_confusion_free(&ref);
+  }
+
+  /* Saved predictions: the image size, the palette of train ids below 19. */
+  char path[1024];
+  cluda_image color, labels;
+  snprintf(path, sizeof path, "%s/00002_color.png", pred_dir);
+  int have_color = TEST_OK(cluda_png_read_rgb(path, &color));
+  snprintf(path, sizeof path, "%s/00002_labelTrainIds.png", pred_dir);
+  int have_labels = TEST_OK(cluda_png_read_labels(path, &labels));
+  if (have_color && have_labels) {
+    int ok = color.width == 40 && color.height == 56 && labels.width == 40 && labels.height == 56;
+    for (int p = 0; ok && p < 40 * 56; p++) {
+      uint8_t rgb[3];
+      cluda_label_color(labels.pixels[p], rgb);
+      ok = labels.pixels[p] < 19 && memcmp(rgb, color.pixels + 3 * p, 3) == 0;
+    }
+    TEST_CHECK(ok, "--save-pred: colour and train-id PNGs of the image size");
+  }
+  if (have_color) cluda_image_free(&color);
+  if (have_labels) cluda_image_free(&labels);
+
+  /* Slide with a window covering every image = whole, to the byte. */
+  const char *json_slide = tmp("slide.json");
+  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json_slide, "--mode",
+      "slide", "--set", "eval.crop=[64, 64]", NULL);
+  TEST_CHECK(r.exit_code == 0 && strstr(r.out, "inference: slide, crop 64x64, stride 512x512"),
+             "slide run (stderr: %s)", r.err);
+  char *slide_text = read_text(json_slide);
+  TEST_CHECK(text && slide_text && strcmp(text, slide_text) == 0,
+             "slide with crop >= image gives the whole-image metrics");
+  free(slide_text);
+  /* Overlapping windows run and report the window count. */
+  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--mode", "slide", "--set",
+      "eval.crop=[32, 48]", "--set", "eval.stride=[16, 16]", "--protocol", "13", "--json",
+      tmp("p13.json"), NULL);
+  TEST_CHECK(r.exit_code == 0 && strstr(r.out, "[1/3] 00000: 64x48, 4 windows") &&
+                 strstr(r.out, "\nmIoU16 ") && strstr(r.out, "\nmIoU13 "),
+             "slide 32x48 / 16: 2x2 windows, 16 and 13-class summaries (stderr: %s)", r.err);
+  char *p13 = read_text(tmp("p13.json"));
+  TEST_CHECK(p13 && strstr(p13, "\"protocol\": 13"), "JSON names the protocol");
+  free(p13);
+  free(text);
+}
+
+static void test_bad_inputs(const char *data) {
+  cli_result r;
+  cli(&r, "--config", TINY_CONFIG, "--data", tmp("nowhere"), NULL);
+  expect_error(&r, "missing data directory", "nowhere", "No such file");
+  const char *empty = tmp("empty");
+  mkdir(empty, 0755);
+  cli(&r, "--config", TINY_CONFIG, "--data", empty, NULL);
+  expect_error(&r, "no pairs", "no image/label pairs", empty);
+  cli(&r, "--config", TINY_CONFIG, NULL);
+  expect_error(&r, "no data given", "--data", "eval.data_dir");
+
+  /* Label of another size than its image. */
+  const char *mismatch = tmp("mismatch");
+  mkdir(mismatch, 0755);
+  write_pair(mismatch, "a", 64, 48, 0);
+  cluda_image lab;
+  char path[1024];
+  if (TEST_OK(cluda_image_create(&lab, 48, 64, 1))) {
+    snprintf(path, sizeof path, "%s/a_labelTrainIds.png", mismatch);
+    TEST_OK(cluda_png_write(path, &lab));
+    cluda_image_free(&lab);
+  }
+  cli(&r, "--config", TINY_CONFIG, "--data", mismatch, NULL);
+  expect_error(&r, "label size", "a_labelTrainIds.png is 48x64", "64x48");
+  /* A label value that is neither a class nor 255. */
+  const char *badlabel = tmp("badlabel");
+  mkdir(badlabel, 0755);
+  write_pair(badlabel, "b", 64, 48, 0);
+  if (TEST_OK(cluda_image_create(&lab, 64, 48, 1))) {
+    lab.pixels[100] = 30;
+    snprintf(path, sizeof path, "%s/b_labelTrainIds.png", badlabel);
+    TEST_OK(cluda_png_write(path, &lab));
+    cluda_image_free(&lab);
+  }
+  cli(&r, "--config", TINY_CONFIG, "--data", badlabel, NULL);
+  expect_error(&r, "label out of range", "b_labelTrainIds.png", "label 30");
+  /* A label without its image. */
+  const char *orphan = tmp("orphan");
+  mkdir(orphan, 0755);
+  write_pair(orphan, "c", 64, 48, 0);
+  snprintf(path, sizeof path, "%s/c_rgb.png", orphan);
+  remove(path);
+  cli(&r, "--config", TINY_CONFIG, "--data", orphan, NULL);
+  expect_error(&r, "label without image", "c_labelTrainIds.png has no image", "c_rgb.png");
+
+  /* Weights of another architecture. */
+  model other;
+  if (make_model(&other, "model.num_classes=5", 1)) {
+    const char *other_h5 = tmp("other.h5");
+    TEST_OK(cluda_weights_save_h5(other_h5, &other.seg, other.params, other.state));
+    cli(&r, "--config", TINY_CONFIG, "--weights", other_h5, "--data", data, NULL);
+    expect_error(&r, "weights of another architecture", "other.h5", NULL);
+    free_model(&other);
+  }
+  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("none.h5"), "--data", data, NULL);
+  expect_error(&r, "missing weights", "none.h5", "No such file");
+
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--save-pred", data, NULL);
+  expect_error(&r, "--save-pred into the data", "is the data directory", NULL);
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--mode", "tiles", NULL);
+  expect_error(&r, "bad --mode", "eval.mode", "tiles");
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--protocol", "17", NULL);
+  expect_error(&r, "bad --protocol", "eval.num_classes_protocol", "17");
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--protocol", "16", "--set",
+      "model.num_classes=5", NULL);
+  expect_error(&r, "protocol 16 with 5 classes", "needs model.num_classes 19", NULL);
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--mode", "slide", "--set", "eval.crop=[16, 64]",
+      NULL);
+  expect_error(&r, "crop below the minimum", "eval.crop", NULL);
+  cli(&r, "--config", TINY_CONFIG, "--data", data, "--json", tmp("no/dir/m.json"), NULL);
+  expect_error(&r, "json into a missing directory", "no/dir/m.json", NULL);
+}
+
+/* Finds build/bin/cluda_eval from this program's path (build/tests/test_eval_cli). */
+static int locate_binary(const char *argv0, char *test_dir, size_t size) {
+  char self[280];
+  if (strchr(argv0, '/')) {
+    snprintf(self, sizeof self, "%s", argv0);
+  } else {
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 0;
+    self[n] = '\0';
+  }
+  char *slash = strrchr(self, '/');
+  *slash = '\0';
+  snprintf(test_dir, size, "%s", self);
+  snprintf(binary, sizeof binary, "%s/../bin/cluda_eval", self);
+  return access(binary, X_OK) == 0;
+}
+
+int main(int argc, char **argv) {
+  (void)argc;
+  char test_dir[300];
+  if (!locate_binary(argv[0], test_dir, sizeof test_dir)) {
+    TEST_CHECK(0, "cluda_eval not found at %s (build the cluda_eval target)", binary);
+    return test_finish("test_eval_cli");
+  }
+  snprintf(tmpdir, sizeof tmpdir, "%.300s/eval_cli_XXXXXX", test_dir);
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  const char *data = tmp("data");
+  make_dataset(data);
+  test_help_and_usage();
+  test_tiny_run(data);
+  test_bad_inputs(data);
+  char cmd[1100];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+  return test_finish("test_eval_cli");
+}
