@@ -1,0 +1,128 @@
+/* The CLUDA training step (paper Figure 1, Eq. 1-6; shared/spec/algorithm.md 1.2 and 6.6) in
+ * one process on the CPU: DAFormer self-training (EMA teacher, pseudo-labels with the
+ * confidence weight Gamma, ClassMix, strong augmentation, thing-class ImageNet feature
+ * distance, AdamW with the warm-up + poly schedule) plus the two pixel-contrastive terms on
+ * the decoder's fused features, trained on the built-in synthetic two-domain data.
+ *
+ * Everything random is a pure function of (seed, rank, iteration, purpose, slot) (rng.h), so
+ * a run is bit-identical for a given build and thread count, and the state after iteration k
+ * is all a resume needs: parameters, BN buffers, AdamW moments and the iteration. The
+ * trainer holds no global state; buffers are planned and allocated once in init. */
+#ifndef CLUDA_TRAINER_H
+#define CLUDA_TRAINER_H
+
+#include <stdint.h>
+
+#include "cluda/arena.h"
+#include "cluda/config.h"
+#include "cluda/contrastive.h"
+#include "cluda/dacs.h"
+#include "cluda/optim.h"
+#include "cluda/segmentor.h"
+#include "cluda/synthetic.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { CLUDA_TRAIN_MAX_CLASSES_LIST = 32 };
+
+/* The training keys of a config (train.*, uda.*, cl.*, optim.*, data.*), resolved. */
+typedef struct cluda_train_settings {
+  uint64_t seed;
+  int64_t max_iters;
+  int batch;
+  int crop_h, crop_w;
+  int flip;
+  int source_ce;
+  /* UDA */
+  int uda;
+  double ema_alpha;
+  float pseudo_threshold;
+  int ignore_top, ignore_bottom;
+  int teacher_bn_batch;
+  float fd_lambda, fd_min_ratio;
+  int fd_classes[CLUDA_TRAIN_MAX_CLASSES_LIST], fd_class_count;
+  cluda_dacs_aug_config aug;
+  /* CL */
+  int cl_source, cl_mix;
+  int cl_h, cl_w;
+  int cl_mix_weighted;
+  cluda_contrastive_params cl; /* tau, weight, pairs, thing classes, ref_* options */
+  /* optimizer and schedule */
+  cluda_adamw_config adamw;
+  cluda_lr_schedule schedule;
+  double grad_clip;
+  /* data */
+  cluda_synth_config source_data, target_data; /* size, seed, gap; domain set */
+  int train_images, val_images;
+  int rcs;
+  double rcs_temperature;
+  int64_t rcs_min_pixels;
+} cluda_train_settings;
+
+/* Reads and checks the training keys (errors name the key). */
+cluda_status cluda_train_settings_from_config(const cluda_config *cfg, cluda_train_settings *out);
+
+/* What one step computed (for the logs). A term that did not run is 0 with its flag 0. */
+typedef struct cluda_step_stats {
+  int64_t iteration;
+  double loss_src, loss_fd, loss_cl_src, loss_mix, loss_cl_mix;
+  int fd_active; /* FD had at least one thing cell */
+  int64_t fd_cells;
+  double gamma; /* Gamma of the pseudo-labels (NaN without UDA) */
+  double lr;    /* encoder-group lr of this step */
+  double ema_alpha;
+  double grad_norm;
+} cluda_step_stats;
+
+/* Test hook: makes one loss term non-finite at one iteration (name as in the stats:
+ * "loss_src", "loss_fd", "loss_cl_src", "loss_mix", "loss_cl_mix"). */
+typedef struct cluda_trainer_hooks {
+  int64_t nan_iteration; /* -1: off */
+  const char *nan_term;
+} cluda_trainer_hooks;
+
+/* The trainer: model, the three parameter copies, optimizer, planned buffers. */
+typedef struct cluda_trainer {
+  cluda_train_settings s;
+  cluda_segmentor model;
+  int model_created;
+  float *student, *teacher, *imnet; /* params (imnet: frozen initial encoder, FD only) */
+  float *student_state, *teacher_state;
+  float *grads;
+  cluda_adamw opt;
+  int opt_created;
+  cluda_rcs rcs;
+  int rcs_created;
+  cluda_segmentor_plan plan; /* batch x crop */
+  void *acts;                /* one buffer: the passes never overlap (algorithm.md 6.6) */
+  void *imnet_acts;
+  cluda_arena scratch;
+  int scratch_created;
+  int64_t iteration; /* the next iteration to run */
+  cluda_trainer_hooks hooks;
+  struct cluda_trainer_buffers *buf; /* batch tensors (trainer.c) */
+} cluda_trainer;
+
+/* Builds the network from model_cfg, initialises student (= teacher = ImageNet copy) from
+ * settings->seed, plans all buffers. On failure everything is released. */
+cluda_status cluda_trainer_init(cluda_trainer *t, const cluda_train_settings *settings,
+                                const cluda_segmentor_config *model_cfg);
+void cluda_trainer_free(cluda_trainer *t);
+
+/* Runs iteration t->iteration and advances it. A non-finite loss term or gradient stops the
+ * step before the optimizer (parameters untouched) with an error naming the iteration and
+ * the term. stats may be NULL. */
+cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats);
+
+/* Renders image `index` of a synthetic split, normalised [H, W, 3] and labels [H, W], at the
+ * data size (for evaluation). */
+cluda_status cluda_trainer_render(const cluda_train_settings *s, cluda_synth_domain domain,
+                                  cluda_synth_split split, uint64_t index, float *image,
+                                  uint8_t *labels);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
