@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "cluda/arena.h"
 #include "cluda/backend.h"
 #include "cluda/segmentor.h"
@@ -53,47 +54,12 @@ typedef struct options {
 
 /* ---------------------------------------------------------------- helpers */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double load_average(void) {
-  FILE *f = fopen("/proc/loadavg", "r");
-  double load = -1;
-  if (f) {
-    if (fscanf(f, "%lf", &load) != 1) load = -1;
-    fclose(f);
-  }
-  return load;
-}
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static float uniform(void) { /* xorshift64*, in [-1, 1) */
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return (float)((rng_state * 0x2545f4914f6cdd1dull) >> 40) / (float)(1 << 23) - 1.0f;
-}
-
 /* 64-byte aligned, zeroed memory of `bytes` (at least one line). */
 static void *alloc_zero(size_t bytes) {
   size_t n = cluda_arena_align(bytes ? bytes : 1);
   void *p = aligned_alloc(CLUDA_ARENA_ALIGN, n);
   if (p) memset(p, 0, n);
   return p;
-}
-
-static void fill_uniform(float *p, int64_t n, float scale) {
-  for (int64_t i = 0; i < n; i++)
-    p[i] = scale * uniform();
 }
 
 static size_t param_range_elements(const cluda_param_table *t, int first, int count) {
@@ -270,14 +236,6 @@ static void usage(FILE *f) {
           FUSED_CHANNELS, NUM_CLASSES);
 }
 
-static int parse_int(const char *s, int lo, int *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (*s == '\0' || *end != '\0' || v < lo || v > 1000000) return 0;
-  *out = (int)v;
-  return 1;
-}
-
 static int parse_args(int argc, char **argv, options *opt) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -330,21 +288,6 @@ static int parse_args(int argc, char **argv, options *opt) {
   return 1;
 }
 
-static int env_threads(const char *name) {
-  const char *v = getenv(name);
-  int n;
-  return v && parse_int(v, 1, &n) ? n : 0;
-}
-
-static void setup_threads(const options *opt) {
-  int omp = opt->threads ? opt->threads : env_threads("OMP_NUM_THREADS");
-  if (!omp) omp = 2;
-  int blas = opt->threads ? opt->threads : env_threads("OPENBLAS_NUM_THREADS");
-  if (!blas) blas = omp;
-  omp_set_num_threads(omp);
-  openblas_set_num_threads(blas);
-}
-
 /* ---------------------------------------------------------------- main */
 
 #define CHECK(call)                                                                                \
@@ -369,7 +312,7 @@ static double mib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
 int main(int argc, char **argv) {
   options opt = {2, 256, 10, 2, 3, 3.0, 0, 256, 0, "b0", 0};
   if (!parse_args(argc, argv, &opt)) return 2;
-  setup_threads(&opt);
+  setup_threads(opt.threads);
   setvbuf(stdout, NULL, _IOLBF, 0);
 
   bench b;
@@ -406,12 +349,12 @@ int main(int argc, char **argv) {
   b.x = cluda_tensor_4d(CLUDA_F32, alloc_zero(sizeof(float) * (size_t)opt.batch * s * s * 3),
                         opt.batch, s, s, 3);
   CHECK_ALLOC(b.x.data);
-  fill_uniform(cluda_f32(&b.x), cluda_tensor_numel(&b.x), 2.0f);
+  fill_uniform(cluda_f32(&b.x), cluda_tensor_numel(&b.x), 2.0f, 0);
   b.dlogits = cluda_tensor_4d(CLUDA_F32,
                               alloc_zero(sizeof(float) * (size_t)opt.batch * oh * ow * NUM_CLASSES),
                               opt.batch, oh, ow, NUM_CLASSES);
   CHECK_ALLOC(b.dlogits.data);
-  fill_uniform(cluda_f32(&b.dlogits), cluda_tensor_numel(&b.dlogits), 1.0f);
+  fill_uniform(cluda_f32(&b.dlogits), cluda_tensor_numel(&b.dlogits), 1.0f, 1);
 
   const size_t enc_params =
       param_range_elements(&m->params, m->encoder.first_param, m->encoder.param_count);

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "cluda/arena.h"
 #include "cluda/backend.h"
 #include "cluda/ops.h"
@@ -200,15 +201,6 @@ typedef struct buffers {
   int failed;
 } buffers;
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static float uniform(void) { /* xorshift64*, in [-1, 1) */
-  rng_state ^= rng_state >> 12;
-  rng_state ^= rng_state << 25;
-  rng_state ^= rng_state >> 27;
-  return (float)((rng_state * 0x2545f4914f6cdd1dull) >> 40) / (float)(1 << 23) - 1.0f;
-}
-
 /* A float buffer of n elements: random in [-scale, scale), or zero when scale == 0. */
 static float *buf_new(buffers *b, int64_t n, float scale) {
   size_t bytes = cluda_arena_align((size_t)n * sizeof(float));
@@ -221,8 +213,7 @@ static float *buf_new(buffers *b, int64_t n, float scale) {
   if (scale == 0.0f)
     memset(p, 0, bytes);
   else
-    for (int64_t i = 0; i < n; i++)
-      p[i] = scale * uniform();
+    fill_uniform(p, n, scale, (uint32_t)b->count);
   return p;
 }
 
@@ -372,17 +363,6 @@ static int outputs_finite(const op_state *s, int backward) {
 
 /* ---------------------------------------------------------------- timing */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
 typedef enum { RES_OK, RES_UNSUPPORTED, RES_ERROR, RES_SKIPPED } res_code;
 
 typedef struct result {
@@ -435,17 +415,6 @@ static result time_pass(op_state *s, int backward, const options *opt, double *t
 
 /* ---------------------------------------------------------------- main */
 
-/* The 1-minute load average (Linux), or -1: other work on a 2-core machine skews timings. */
-static double load_average(void) {
-  FILE *f = fopen("/proc/loadavg", "r");
-  double load = -1;
-  if (f) {
-    if (fscanf(f, "%lf", &load) != 1) load = -1;
-    fclose(f);
-  }
-  return load;
-}
-
 static void usage(FILE *f) {
   fprintf(f,
           "usage: bench_ops [options]\n"
@@ -464,14 +433,6 @@ static void usage(FILE *f) {
           "Exit status: 0 when every op ran or answered 'unsupported', 1 on another error,\n"
           "2 on a bad option.\n",
           IMG, IMG);
-}
-
-static int parse_int(const char *s, int lo, int *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (*s == '\0' || *end != '\0' || v < lo || v > 1000000) return 0;
-  *out = (int)v;
-  return 1;
 }
 
 static int parse_args(int argc, char **argv, options *opt) {
@@ -517,25 +478,10 @@ static int parse_args(int argc, char **argv, options *opt) {
   return 1;
 }
 
-static int env_threads(const char *name) {
-  const char *v = getenv(name);
-  int n;
-  return v && parse_int(v, 1, &n) ? n : 0;
-}
-
-static void setup_threads(const options *opt) {
-  int omp = opt->threads ? opt->threads : env_threads("OMP_NUM_THREADS");
-  if (!omp) omp = 2;
-  int blas = opt->threads ? opt->threads : env_threads("OPENBLAS_NUM_THREADS");
-  if (!blas) blas = omp;
-  omp_set_num_threads(omp);
-  openblas_set_num_threads(blas);
-}
-
 int main(int argc, char **argv) {
   options opt = {2, 50, 2, 3, 0.5, 0, NULL};
   if (!parse_args(argc, argv, &opt)) return 2;
-  setup_threads(&opt);
+  setup_threads(opt.threads);
   setvbuf(stdout, NULL, _IOLBF, 0);
 
   bench_op ops[64];
