@@ -4,7 +4,6 @@
 #include <math.h>
 
 #include "op_common.h"
-#include "reduce.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
 
@@ -85,17 +84,64 @@ cluda_status cluda_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_para
 }
 
 /* ---- CPU implementations ----
- * Channel reductions: each thread owns a block of COL_BLOCK channels and walks all N*H*W
- * rows serially, accumulating in double, so results do not depend on the thread count. */
+ * Channel reductions run over fixed row chunks: chunk k covers rows [n k / K, n (k+1) / K)
+ * with K from the shape alone, each chunk sums its rows in order into per-channel double
+ * partials (inner loop over contiguous channels), and the partials are added in chunk order.
+ * So results are bit-identical for any thread count, and the walk streams whole row
+ * segments instead of one cache line per row.
+ * Scratch: batchnorm declares none, so callers' plans need not change. The partials of a
+ * whole panel (nchunks x PANEL x sums doubles, <= 512 KiB) are taken from ctx->scratch when
+ * it happens to have that much free, else from a fixed stack buffer (PART_DOUBLES, 32 KiB)
+ * with the panel reduced in narrower sub-panels (>= 128 channels). Either way each
+ * channel's chunk sums are the same, so the results do not depend on which was used.
+ * The elementwise passes stream rows of PANEL channels (whole rows up to C = 2048) with
+ * per-channel double coefficients on the stack (<= 48 KiB). */
 
-static int block_width(int c, int c0) { return c - c0 < COL_BLOCK ? c - c0 : COL_BLOCK; }
+enum {
+  MAX_CHUNKS = 16,     /* enough parallel work for 16 threads */
+  CHUNK_ROWS = 256,    /* fewer, larger chunks for small maps */
+  PART_DOUBLES = 4096, /* chunk partials buffer */
+  PANEL = 2048,        /* channels per elementwise pass */
+  PAR_ELEMS = 32768    /* run threaded above this many elements */
+};
+
+static int num_chunks(int64_t n) {
+  int64_t k = n / CHUNK_ROWS;
+  return k < 1 ? 1 : k > MAX_CHUNKS ? MAX_CHUNKS : (int)k;
+}
+
+static int64_t chunk_start(int64_t n, int k, int nchunks) { return n * k / nchunks; }
+
+/* Widest sub-panel (a multiple of 8 channels) whose nsums x nchunks partials fit the buffer. */
+static int sub_width(size_t cap, int pw, int nchunks, int nsums) {
+  int64_t w = (int64_t)(cap / ((size_t)nchunks * nsums)) / 8 * 8;
+  return w < pw ? (int)w : pw;
+}
+
+static int min_int(int a, int b) { return a < b ? a : b; }
+
+/* The partials buffer: full panels from ctx->scratch if it has room (*mark to release),
+ * else the caller's stack buffer. *cap receives its size in doubles. */
+static double *partials(cluda_ctx *ctx, int nchunks, int c, int nsums, double *stack, size_t *cap,
+                        size_t *mark) {
+  const size_t want = (size_t)nchunks * (size_t)min_int(c, PANEL) * (size_t)nsums;
+  cluda_arena *a = ctx->scratch;
+  void *buf = NULL;
+  *mark = a ? cluda_arena_mark(a) : 0;
+  if (want > PART_DOUBLES && a && a->capacity - a->used >= cluda_arena_align(want * 8) + 64 &&
+      cluda_arena_alloc(a, want * sizeof(double), "batchnorm partials", &buf).code == CLUDA_OK) {
+    *cap = want;
+    return buf;
+  }
+  *cap = PART_DOUBLES;
+  return stack;
+}
 
 cluda_status cluda_cpu_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_params *p,
                                          const cluda_tensor *x, const cluda_tensor *gamma,
                                          const cluda_tensor *beta, cluda_tensor *running_mean,
                                          cluda_tensor *running_var, cluda_tensor *y,
                                          cluda_tensor *save_mean, cluda_tensor *save_rstd) {
-  (void)ctx;
   const int c = x->shape[3];
   const int64_t n = cluda_tensor_rows(x);
   const float *px = cluda_f32(x), *g = cluda_f32(gamma), *b = cluda_f32(beta);
@@ -108,7 +154,7 @@ cluda_status cluda_cpu_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_p
       sm[i] = rm[i];
       sr[i] = (float)(1.0 / sqrt((double)rv[i] + eps));
     }
-#pragma omp parallel for schedule(static) if (n * c > 32768)
+#pragma omp parallel for schedule(static) if (n * c > PAR_ELEMS)
     for (int64_t r = 0; r < n; r++) {
       const float *xr = px + r * c;
       float *yr = py + r * c;
@@ -118,45 +164,74 @@ cluda_status cluda_cpu_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_p
     return cluda_ok();
   }
 
-  const int nblocks = (c + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel for schedule(static) if (nblocks > 1 && n * c > 32768)
-  for (int blk = 0; blk < nblocks; blk++) {
-    const int c0 = blk * COL_BLOCK, width = block_width(c, c0);
-    double mean[COL_BLOCK] = {0}, var[COL_BLOCK] = {0}, scale[COL_BLOCK];
-    /* two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which
-     * cancels catastrophically when the mean is large */
-    for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + c0;
-      for (int i = 0; i < width; i++)
-        mean[i] += xr[i];
-    }
-    for (int i = 0; i < width; i++)
-      mean[i] /= (double)n;
-    for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + c0;
-      for (int i = 0; i < width; i++) {
-        double d = xr[i] - mean[i];
-        var[i] += d * d;
+  const int nchunks = num_chunks(n);
+  double stack[PART_DOUBLES], mean[PANEL], scale[PANEL];
+  size_t cap, mark;
+  double *part = partials(ctx, nchunks, c, 1, stack, &cap, &mark);
+#pragma omp parallel if (n * c > PAR_ELEMS)
+  for (int p0 = 0; p0 < c; p0 += PANEL) {
+    const int pw = min_int(PANEL, c - p0), sw = sub_width(cap, pw, nchunks, 1);
+    for (int s0 = p0; s0 < p0 + pw; s0 += sw) {
+      const int w = min_int(sw, p0 + pw - s0);
+      double *m = mean + (s0 - p0);
+      /* two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which
+       * cancels catastrophically when the mean is large */
+#pragma omp for schedule(static)
+      for (int k = 0; k < nchunks; k++) {
+        double *acc = part + (size_t)k * w;
+        for (int i = 0; i < w; i++)
+          acc[i] = 0.0;
+        for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
+          const float *xr = px + r * c + s0;
+          for (int i = 0; i < w; i++)
+            acc[i] += xr[i];
+        }
+      }
+#pragma omp for schedule(static)
+      for (int i = 0; i < w; i++) {
+        double t = 0.0;
+        for (int k = 0; k < nchunks; k++)
+          t += part[(size_t)k * w + i];
+        m[i] = t / (double)n;
+      }
+#pragma omp for schedule(static)
+      for (int k = 0; k < nchunks; k++) {
+        double *acc = part + (size_t)k * w;
+        for (int i = 0; i < w; i++)
+          acc[i] = 0.0;
+        for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
+          const float *xr = px + r * c + s0;
+          for (int i = 0; i < w; i++) {
+            double d = xr[i] - m[i];
+            acc[i] += d * d;
+          }
+        }
+      }
+#pragma omp for schedule(static)
+      for (int i = 0; i < w; i++) {
+        double var = 0.0;
+        for (int k = 0; k < nchunks; k++)
+          var += part[(size_t)k * w + i];
+        const int ch = s0 + i;
+        const double biased = var / (double)n, unbiased = var / (double)(n - 1);
+        const double rs = 1.0 / sqrt(biased + eps);
+        sm[ch] = (float)m[i];
+        sr[ch] = (float)rs;
+        rm[ch] = (float)((1.0 - mom) * rm[ch] + mom * m[i]);
+        rv[ch] = (float)((1.0 - mom) * rv[ch] + mom * unbiased);
+        scale[s0 - p0 + i] = rs * g[ch];
       }
     }
-    for (int i = 0; i < width; i++) {
-      const int ch = c0 + i;
-      const double biased = var[i] / (double)n, unbiased = var[i] / (double)(n - 1);
-      const double rs = 1.0 / sqrt(biased + eps);
-      sm[ch] = (float)mean[i];
-      sr[ch] = (float)rs;
-      rm[ch] = (float)((1.0 - mom) * rm[ch] + mom * mean[i]);
-      rv[ch] = (float)((1.0 - mom) * rv[ch] + mom * unbiased);
-      scale[i] = rs * g[ch];
-    }
     /* normalise with the double statistics; the saved floats may lose digits of a large mean */
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + c0;
-      float *yr = py + r * c + c0;
-      for (int i = 0; i < width; i++)
-        yr[i] = (float)((xr[i] - mean[i]) * scale[i] + b[c0 + i]);
+      const float *xr = px + r * c + p0, *br = b + p0;
+      float *yr = py + r * c + p0;
+      for (int i = 0; i < pw; i++)
+        yr[i] = (float)((xr[i] - mean[i]) * scale[i] + br[i]);
     }
   }
+  if (part != stack) cluda_arena_release(ctx->scratch, mark);
   return cluda_ok();
 }
 
@@ -166,7 +241,6 @@ cluda_status cluda_cpu_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_
                                           const cluda_tensor *save_rstd, const cluda_tensor *dy,
                                           cluda_tensor *dx, cluda_tensor *dgamma,
                                           cluda_tensor *dbeta) {
-  (void)ctx;
   const int c = x->shape[3];
   const int64_t n = cluda_tensor_rows(x);
   const float *px = cluda_f32(x), *g = cluda_f32(gamma), *sm = cluda_f32(save_mean),
@@ -174,38 +248,56 @@ cluda_status cluda_cpu_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_
   float *pdx = cluda_f32(dx), *dg = cluda_f32(dgamma), *dbt = cluda_f32(dbeta);
   const int training = p->training;
 
-  const int nblocks = (c + COL_BLOCK - 1) / COL_BLOCK;
-#pragma omp parallel for schedule(static) if (nblocks > 1 && n * c > 32768)
-  for (int blk = 0; blk < nblocks; blk++) {
-    const int c0 = blk * COL_BLOCK, width = block_width(c, c0);
-    double m[COL_BLOCK], rs[COL_BLOCK], sdy[COL_BLOCK] = {0}, sdyx[COL_BLOCK] = {0};
-    for (int i = 0; i < width; i++) {
-      m[i] = sm[c0 + i];
-      rs[i] = sr[c0 + i];
-    }
-    for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + c0, *dyr = pdy + r * c + c0;
-      for (int i = 0; i < width; i++) {
-        sdy[i] += dyr[i];
-        sdyx[i] += (double)dyr[i] * ((xr[i] - m[i]) * rs[i]);
+  const int nchunks = num_chunks(n);
+  double stack[PART_DOUBLES], kc[PANEL], ac[PANEL], bc[PANEL];
+  size_t cap, mark;
+  double *part = partials(ctx, nchunks, c, 2, stack, &cap, &mark);
+#pragma omp parallel if (n * c > PAR_ELEMS)
+  for (int p0 = 0; p0 < c; p0 += PANEL) {
+    const int pw = min_int(PANEL, c - p0), sw = sub_width(cap, pw, nchunks, 2);
+    for (int s0 = p0; s0 < p0 + pw; s0 += sw) {
+      const int w = min_int(sw, p0 + pw - s0);
+      const float *m = sm + s0, *rs = sr + s0;
+      double *sdy_part = part, *sdyx_part = part + (size_t)nchunks * w;
+#pragma omp for schedule(static)
+      for (int k = 0; k < nchunks; k++) {
+        double *sdy = sdy_part + (size_t)k * w, *sdyx = sdyx_part + (size_t)k * w;
+        for (int i = 0; i < w; i++)
+          sdy[i] = 0.0, sdyx[i] = 0.0;
+        for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
+          const float *xr = px + r * c + s0, *dyr = pdy + r * c + s0;
+          for (int i = 0; i < w; i++) {
+            sdy[i] += dyr[i];
+            sdyx[i] += (double)dyr[i] * (((double)xr[i] - m[i]) * rs[i]);
+          }
+        }
+      }
+#pragma omp for schedule(static)
+      for (int i = 0; i < w; i++) {
+        double sdy = 0.0, sdyx = 0.0;
+        for (int k = 0; k < nchunks; k++) {
+          sdy += sdy_part[(size_t)k * w + i];
+          sdyx += sdyx_part[(size_t)k * w + i];
+        }
+        const int ch = s0 + i, j = s0 - p0 + i;
+        dg[ch] += (float)sdyx;
+        dbt[ch] += (float)sdy;
+        /* training: dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), the mean and
+         * variance depending on x; inference: dx = gamma rstd dy with fixed statistics */
+        kc[j] = (double)g[ch] * rs[i];
+        ac[j] = training ? sdy / (double)n : 0.0;
+        bc[j] = training ? sdyx / (double)n : 0.0;
       }
     }
-    double k[COL_BLOCK], a[COL_BLOCK], bcoef[COL_BLOCK];
-    for (int i = 0; i < width; i++) {
-      dg[c0 + i] += (float)sdyx[i];
-      dbt[c0 + i] += (float)sdy[i];
-      /* training: dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), the mean and
-       * variance depending on x; inference: dx = gamma rstd dy with fixed statistics */
-      k[i] = (double)g[c0 + i] * rs[i];
-      a[i] = training ? sdy[i] / (double)n : 0.0;
-      bcoef[i] = training ? sdyx[i] / (double)n : 0.0;
-    }
+    const float *m = sm + p0, *rs = sr + p0;
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + c0, *dyr = pdy + r * c + c0;
-      float *dxr = pdx + r * c + c0;
-      for (int i = 0; i < width; i++)
-        dxr[i] = (float)(k[i] * (dyr[i] - a[i] - (xr[i] - m[i]) * rs[i] * bcoef[i]));
+      const float *xr = px + r * c + p0, *dyr = pdy + r * c + p0;
+      float *dxr = pdx + r * c + p0;
+      for (int i = 0; i < pw; i++)
+        dxr[i] = (float)(kc[i] * (dyr[i] - ac[i] - ((double)xr[i] - m[i]) * (double)rs[i] * bc[i]));
     }
   }
+  if (part != stack) cluda_arena_release(ctx->scratch, mark);
   return cluda_ok();
 }

@@ -4,7 +4,8 @@
  * of the reference, through the batch statistics in training and with fixed statistics in
  * inference, with dx overwritten and dgamma / dbeta accumulated; edge cases (batch 1, 1x1
  * spatial, N*H*W = 1 rejected in training, momentum 0 and 1, a large mean); a threaded shape,
- * bit-identical for 1 and 2 threads; and argument validation. */
+ * bit-identical for 1 and 2 threads; scratch / stack partials and 1-3 threads bit-identical;
+ * and argument validation. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -260,6 +261,47 @@ static void check_threaded(int training) {
       free(wdb);
 }
 
+/* Wide enough that the chunk partials come from ctx->scratch when it has room and from the
+ * stack buffer (narrower sub-panels) when not: all outputs bit-identical across both and
+ * 1, 2 and 3 threads. */
+static void check_scratch_paths(void) {
+  const int bn = 2, h = 16, w = 16, c = 1100;
+  const int64_t n = (int64_t)bn * h * w * c;
+  float *in = test_alloc_f32(2 * n + 2 * c), *out[6];
+  test_fill_uniform(in, 2 * n + 2 * c, -1.0f, 3.0f, 41, 0);
+  cluda_arena arena;
+  TEST_OK(cluda_arena_create(&arena, (size_t)1 << 20));
+  cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, in, bn, h, w, c),
+               tdy = cluda_tensor_4d(CLUDA_F32, in + n, bn, h, w, c),
+               tg = cluda_tensor_1d(CLUDA_F32, in + 2 * n, c),
+               tb = cluda_tensor_1d(CLUDA_F32, in + 2 * n + c, c);
+  cluda_batchnorm_params p = {1e-5f, 0.1f, 1};
+  for (int run = 0; run < 6; run++) { /* threads 1..3, without and with scratch */
+    omp_set_num_threads(run % 3 + 1);
+    cluda_ctx ctx = cluda_cpu_context(run < 3 ? NULL : &arena);
+    float *o = out[run] = test_alloc_f32(2 * n + 6 * c);
+    for (int i = 0; i < c; i++)
+      o[2 * n + 2 * c + i] = 0.0f, o[2 * n + 3 * c + i] = 1.0f, o[2 * n + 4 * c + i] = 0.5f,
+                        o[2 * n + 5 * c + i] = -0.5f;
+    cluda_tensor ty = cluda_tensor_4d(CLUDA_F32, o, bn, h, w, c),
+                 tdx = cluda_tensor_4d(CLUDA_F32, o + n, bn, h, w, c), v[6];
+    for (int i = 0; i < 6; i++)
+      v[i] = cluda_tensor_1d(CLUDA_F32, o + 2 * n + (int64_t)i * c, c);
+    TEST_OK(cluda_batchnorm_forward(&ctx, &p, &tx, &tg, &tb, &v[2], &v[3], &ty, &v[0], &v[1]));
+    TEST_OK(cluda_batchnorm_backward(&ctx, &p, &tx, &tg, &v[0], &v[1], &tdy, &tdx, &v[4], &v[5]));
+    TEST_CHECK(arena.used == 0, "batchnorm: scratch released");
+  }
+  omp_set_num_threads(2);
+  for (int run = 1; run < 6; run++)
+    TEST_CHECK(memcmp(out[0], out[run], (size_t)(2 * n + 6 * c) * 4) == 0,
+               "batchnorm [2,16,16,1100]: run %d (%d threads, %s scratch) bit-identical to run 0",
+               run, run % 3 + 1, run < 3 ? "without" : "with");
+  for (int run = 0; run < 6; run++)
+    free(out[run]);
+  cluda_arena_destroy(&arena);
+  free(in);
+}
+
 static void check_validation(void) {
   cluda_ctx ctx = cluda_cpu_context(NULL);
   float buf[256] = {0}, ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
@@ -358,6 +400,7 @@ int main(int argc, char **argv) {
   check_single_value();
   check_threaded(1);
   check_threaded(0);
+  check_scratch_paths();
   check_validation();
   return test_finish(argv[0]);
 }
