@@ -4,18 +4,14 @@
  * JSON's structure and its mIoU equal to an in-process evaluation with the same weights,
  * saved predictions), slide = whole when the window covers the image, the 16/13 protocols,
  * and every bad input (non-zero exit and one line naming the problem). */
-#include <fcntl.h>
 #include <math.h>
-#include <spawn.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "cli.h"
 #include "cluda/config.h"
 #include "cluda/eval.h"
 #include "cluda/image.h"
@@ -23,73 +19,7 @@
 #include "cluda/weights.h"
 #include "testing.h"
 
-extern char **environ;
-
 #define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
-
-static char binary[1024];
-static char tmpdir[400];
-
-typedef struct cli_result {
-  int exit_code; /* -1 when killed by a signal */
-  char out[32768], err[4096];
-} cli_result;
-
-static void read_small(const char *path, char *buf, size_t size) {
-  FILE *f = fopen(path, "rb");
-  size_t n = f ? fread(buf, 1, size - 1, f) : 0;
-  buf[n] = '\0';
-  if (f) fclose(f);
-}
-
-/* Runs cluda_eval with the NULL-terminated arguments; stdout/stderr captured. */
-static void cli(cli_result *r, ...) {
-  const char *args[64];
-  int n = 0;
-  args[n++] = binary;
-  va_list ap;
-  va_start(ap, r);
-  for (const char *a = va_arg(ap, const char *); a && n < 63; a = va_arg(ap, const char *))
-    args[n++] = a;
-  va_end(ap);
-  args[n] = NULL;
-  char out_path[1024], err_path[1024];
-  snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
-  snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid;
-  int status = 0;
-  r->exit_code = -1;
-  if (posix_spawn(&pid, binary, &actions, NULL, (char *const *)args, environ) == 0 &&
-      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
-    r->exit_code = WEXITSTATUS(status);
-  posix_spawn_file_actions_destroy(&actions);
-  read_small(out_path, r->out, sizeof r->out);
-  read_small(err_path, r->err, sizeof r->err);
-}
-
-/* Exit 1, exactly one line on stderr, which names every needle. */
-static void expect_error(const cli_result *r, const char *what, const char *needle1,
-                         const char *needle2) {
-  const char *newline = strchr(r->err, '\n');
-  int one_line = newline && newline[1] == '\0' && strncmp(r->err, "cluda_eval: error: ", 19) == 0;
-  int named = (!needle1 || strstr(r->err, needle1)) && (!needle2 || strstr(r->err, needle2));
-  TEST_CHECK(r->exit_code == 1 && one_line && named, "%s: exit %d, stderr: %s", what, r->exit_code,
-             r->err);
-  if (r->exit_code == 1) printf("  expected error (%s): %s", what, r->err);
-}
-
-/* "<tmpdir>/<name>"; each call gets its own buffer, so paths can be kept. */
-static const char *tmp(const char *name) {
-  static char paths[128][1024];
-  static int next = 0;
-  char *p = paths[next++ % 128];
-  snprintf(p, 1024, "%s/%s", tmpdir, name);
-  return p;
-}
 
 static char *read_text(const char *path) {
   FILE *f = fopen(path, "rb");
@@ -195,9 +125,9 @@ static int reference_confusion(const char *dir, uint64_t seed, cluda_confusion *
 
 /* ---- tests ---- */
 
-static void test_help_and_usage(void) {
+static void test_help_and_usage(cli_runner *cr) {
   cli_result r;
-  cli(&r, "--help", NULL);
+  cli_run(cr, &r, "--help", NULL);
   const char *flags[] = {"--config",
                          "--set",
                          "--weights",
@@ -220,31 +150,32 @@ static void test_help_and_usage(void) {
       printf("  --help does not mention %s\n", flags[i]);
     }
   TEST_CHECK(all, "--help exits 0 and documents every flag");
-  cli(&r, NULL);
+  cli_run(cr, &r, NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--config is required"), "no arguments: %s", r.err);
-  cli(&r, "--config", TINY_CONFIG, "--bogus", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--bogus", NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "unknown option '--bogus'"), "unknown option: %s",
              r.err);
-  cli(&r, "--config", TINY_CONFIG, "--data", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--data needs a value"), "missing value: %s", r.err);
-  cli(&r, "--config", TINY_CONFIG, "--json", "a", "--json", "b", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--json", "a", "--json", "b", NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--json given twice"), "twice: %s", r.err);
-  cli(&r, "--print-config-reference", NULL);
+  cli_run(cr, &r, "--print-config-reference", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "| `eval.mode` | enum | `whole` |"),
              "--print-config-reference lists the eval keys");
-  cli(&r, "--config", TINY_CONFIG, "--print-config", "--mode", "slide", "--protocol=16", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--print-config", "--mode", "slide", "--protocol=16",
+          NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "eval:\n") &&
                  strstr(r.out, "  mode: slide  # --set 'eval.mode=slide'") &&
                  strstr(r.out, "  num_classes_protocol: 16  # --set"),
              "--mode and --protocol are config overrides:\n%s%s", r.out, r.err);
 }
 
-static void test_tiny_run(const char *data) {
+static void test_tiny_run(cli_runner *cr, const char *data) {
   cli_result r;
-  const char *json = tmp("m.json");
-  const char *pred_dir = tmp("pred/nested");
-  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json, "--save-pred",
-      pred_dir, NULL);
+  const char *json = cli_path(cr, "m.json");
+  const char *pred_dir = cli_path(cr, "pred/nested");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json,
+          "--save-pred", pred_dir, NULL);
   printf("%s", r.out);
   TEST_CHECK(r.exit_code == 0, "tiny random-init run exits 0 (stderr: %s)", r.err);
   TEST_CHECK(strstr(r.out, "3 image/label pairs") && strstr(r.out, "[3/3] 00002: 40x56") &&
@@ -300,9 +231,9 @@ static void test_tiny_run(const char *data) {
   if (have_labels) cluda_image_free(&labels);
 
   /* Slide with a window covering every image = whole, to the byte. */
-  const char *json_slide = tmp("slide.json");
-  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json_slide, "--mode",
-      "slide", "--set", "eval.crop=[64, 64]", NULL);
+  const char *json_slide = cli_path(cr, "slide.json");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json_slide,
+          "--mode", "slide", "--set", "eval.crop=[64, 64]", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "inference: slide, crop 64x64, stride 512x512"),
              "slide run (stderr: %s)", r.err);
   char *slide_text = read_text(json_slide);
@@ -310,31 +241,31 @@ static void test_tiny_run(const char *data) {
              "slide with crop >= image gives the whole-image metrics");
   free(slide_text);
   /* Overlapping windows run and report the window count. */
-  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--mode", "slide", "--set",
-      "eval.crop=[32, 48]", "--set", "eval.stride=[16, 16]", "--protocol", "13", "--json",
-      tmp("p13.json"), NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--mode", "slide",
+          "--set", "eval.crop=[32, 48]", "--set", "eval.stride=[16, 16]", "--protocol", "13",
+          "--json", cli_path(cr, "p13.json"), NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "[1/3] 00000: 64x48, 4 windows") &&
                  strstr(r.out, "\nmIoU16 ") && strstr(r.out, "\nmIoU13 "),
              "slide 32x48 / 16: 2x2 windows, 16 and 13-class summaries (stderr: %s)", r.err);
-  char *p13 = read_text(tmp("p13.json"));
+  char *p13 = read_text(cli_path(cr, "p13.json"));
   TEST_CHECK(p13 && strstr(p13, "\"protocol\": 13"), "JSON names the protocol");
   free(p13);
   free(text);
 }
 
-static void test_bad_inputs(const char *data) {
+static void test_bad_inputs(cli_runner *cr, const char *data) {
   cli_result r;
-  cli(&r, "--config", TINY_CONFIG, "--data", tmp("nowhere"), NULL);
-  expect_error(&r, "missing data directory", "nowhere", "No such file");
-  const char *empty = tmp("empty");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", cli_path(cr, "nowhere"), NULL);
+  cli_expect_error(cr, &r, "missing data directory", "nowhere", "No such file");
+  const char *empty = cli_path(cr, "empty");
   mkdir(empty, 0755);
-  cli(&r, "--config", TINY_CONFIG, "--data", empty, NULL);
-  expect_error(&r, "no pairs", "no image/label pairs", empty);
-  cli(&r, "--config", TINY_CONFIG, NULL);
-  expect_error(&r, "no data given", "--data", "eval.data_dir");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", empty, NULL);
+  cli_expect_error(cr, &r, "no pairs", "no image/label pairs", empty);
+  cli_run(cr, &r, "--config", TINY_CONFIG, NULL);
+  cli_expect_error(cr, &r, "no data given", "--data", "eval.data_dir");
 
   /* Label of another size than its image. */
-  const char *mismatch = tmp("mismatch");
+  const char *mismatch = cli_path(cr, "mismatch");
   mkdir(mismatch, 0755);
   write_pair(mismatch, "a", 64, 48, 0);
   cluda_image lab;
@@ -344,10 +275,10 @@ static void test_bad_inputs(const char *data) {
     TEST_OK(cluda_png_write(path, &lab));
     cluda_image_free(&lab);
   }
-  cli(&r, "--config", TINY_CONFIG, "--data", mismatch, NULL);
-  expect_error(&r, "label size", "a_labelTrainIds.png is 48x64", "64x48");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", mismatch, NULL);
+  cli_expect_error(cr, &r, "label size", "a_labelTrainIds.png is 48x64", "64x48");
   /* A label value that is neither a class nor 255. */
-  const char *badlabel = tmp("badlabel");
+  const char *badlabel = cli_path(cr, "badlabel");
   mkdir(badlabel, 0755);
   write_pair(badlabel, "b", 64, 48, 0);
   if (TEST_OK(cluda_image_create(&lab, 64, 48, 1))) {
@@ -356,81 +287,56 @@ static void test_bad_inputs(const char *data) {
     TEST_OK(cluda_png_write(path, &lab));
     cluda_image_free(&lab);
   }
-  cli(&r, "--config", TINY_CONFIG, "--data", badlabel, NULL);
-  expect_error(&r, "label out of range", "b_labelTrainIds.png", "label 30");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", badlabel, NULL);
+  cli_expect_error(cr, &r, "label out of range", "b_labelTrainIds.png", "label 30");
   /* A label without its image. */
-  const char *orphan = tmp("orphan");
+  const char *orphan = cli_path(cr, "orphan");
   mkdir(orphan, 0755);
   write_pair(orphan, "c", 64, 48, 0);
   snprintf(path, sizeof path, "%s/c_rgb.png", orphan);
   remove(path);
-  cli(&r, "--config", TINY_CONFIG, "--data", orphan, NULL);
-  expect_error(&r, "label without image", "c_labelTrainIds.png has no image", "c_rgb.png");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", orphan, NULL);
+  cli_expect_error(cr, &r, "label without image", "c_labelTrainIds.png has no image", "c_rgb.png");
 
   /* Weights of another architecture. */
   model other;
   if (make_model(&other, "model.num_classes=5", 1)) {
-    const char *other_h5 = tmp("other.h5");
+    const char *other_h5 = cli_path(cr, "other.h5");
     TEST_OK(cluda_weights_save_h5(other_h5, &other.seg, other.params, other.state));
-    cli(&r, "--config", TINY_CONFIG, "--weights", other_h5, "--data", data, NULL);
-    expect_error(&r, "weights of another architecture", "other.h5", NULL);
+    cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", other_h5, "--data", data, NULL);
+    cli_expect_error(cr, &r, "weights of another architecture", "other.h5", NULL);
     free_model(&other);
   }
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("none.h5"), "--data", data, NULL);
-  expect_error(&r, "missing weights", "none.h5", "No such file");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "none.h5"), "--data", data,
+          NULL);
+  cli_expect_error(cr, &r, "missing weights", "none.h5", "No such file");
 
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--save-pred", data, NULL);
-  expect_error(&r, "--save-pred into the data", "is the data directory", NULL);
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--mode", "tiles", NULL);
-  expect_error(&r, "bad --mode", "eval.mode", "tiles");
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--protocol", "17", NULL);
-  expect_error(&r, "bad --protocol", "eval.num_classes_protocol", "17");
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--protocol", "16", "--set",
-      "model.num_classes=5", NULL);
-  expect_error(&r, "protocol 16 with 5 classes", "needs model.num_classes 19", NULL);
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--mode", "slide", "--set", "eval.crop=[16, 64]",
-      NULL);
-  expect_error(&r, "crop below the minimum", "eval.crop", NULL);
-  cli(&r, "--config", TINY_CONFIG, "--data", data, "--json", tmp("no/dir/m.json"), NULL);
-  expect_error(&r, "json into a missing directory", "no/dir/m.json", NULL);
-}
-
-/* Finds build/bin/cluda_eval from this program's path (build/tests/test_eval_cli). */
-static int locate_binary(const char *argv0, char *test_dir, size_t size) {
-  char self[280];
-  if (strchr(argv0, '/')) {
-    snprintf(self, sizeof self, "%s", argv0);
-  } else {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = '\0';
-  }
-  char *slash = strrchr(self, '/');
-  *slash = '\0';
-  snprintf(test_dir, size, "%s", self);
-  snprintf(binary, sizeof binary, "%s/../bin/cluda_eval", self);
-  return access(binary, X_OK) == 0;
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--save-pred", data, NULL);
+  cli_expect_error(cr, &r, "--save-pred into the data", "is the data directory", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--mode", "tiles", NULL);
+  cli_expect_error(cr, &r, "bad --mode", "eval.mode", "tiles");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--protocol", "17", NULL);
+  cli_expect_error(cr, &r, "bad --protocol", "eval.num_classes_protocol", "17");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--protocol", "16", "--set",
+          "model.num_classes=5", NULL);
+  cli_expect_error(cr, &r, "protocol 16 with 5 classes", "needs model.num_classes 19", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--mode", "slide", "--set",
+          "eval.crop=[16, 64]", NULL);
+  cli_expect_error(cr, &r, "crop below the minimum", "eval.crop", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--data", data, "--json", cli_path(cr, "no/dir/m.json"),
+          NULL);
+  cli_expect_error(cr, &r, "json into a missing directory", "no/dir/m.json", NULL);
 }
 
 int main(int argc, char **argv) {
   (void)argc;
-  char test_dir[300];
-  if (!locate_binary(argv[0], test_dir, sizeof test_dir)) {
-    TEST_CHECK(0, "cluda_eval not found at %s (build the cluda_eval target)", binary);
-    return test_finish("test_eval_cli");
-  }
-  snprintf(tmpdir, sizeof tmpdir, "%.300s/eval_cli_XXXXXX", test_dir);
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  const char *data = tmp("data");
+  cli_runner cr;
+  if (!cli_runner_init(&cr, argv[0], "cluda_eval")) return test_finish("test_eval_cli");
+  const char *data = cli_path(&cr, "data");
   make_dataset(data);
-  test_help_and_usage();
-  test_tiny_run(data);
-  test_bad_inputs(data);
-  char cmd[1100];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+  test_help_and_usage(&cr);
+  test_tiny_run(&cr, data);
+  test_bad_inputs(&cr, data);
+  cli_runner_cleanup(&cr);
   return test_finish("test_eval_cli");
 }

@@ -5,18 +5,14 @@
  * a directory of images of two sizes, weights round trips through cluda's HDF5 file and an
  * encoder-only safetensors file (outputs equal an in-process forward with the same
  * weights), and every bad input (non-zero exit and one line naming the file). */
-#include <fcntl.h>
 #include <math.h>
-#include <spawn.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "cli.h"
 #include "cluda/config.h"
 #include "cluda/image.h"
 #include "cluda/segmentor.h"
@@ -24,84 +20,7 @@
 #include "fixture.h"
 #include "testing.h"
 
-extern char **environ;
-
 #define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
-
-static char binary[1024];
-static char tmpdir[400];
-
-/* ---- running the program ---- */
-
-typedef struct cli_result {
-  int exit_code; /* -1 when killed by a signal */
-  char out[16384], err[4096];
-} cli_result;
-
-static void read_small(const char *path, char *buf, size_t size) {
-  FILE *f = fopen(path, "rb");
-  size_t n = f ? fread(buf, 1, size - 1, f) : 0;
-  buf[n] = '\0';
-  if (f) fclose(f);
-}
-
-/* Runs cluda_infer with the NULL-terminated arguments; stdout/stderr captured. */
-static void cli(cli_result *r, ...) {
-  const char *args[64];
-  int n = 0;
-  args[n++] = binary;
-  va_list ap;
-  va_start(ap, r);
-  for (const char *a = va_arg(ap, const char *); a && n < 63; a = va_arg(ap, const char *))
-    args[n++] = a;
-  va_end(ap);
-  args[n] = NULL;
-  char out_path[1024], err_path[1024];
-  snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
-  snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid;
-  int status = 0;
-  r->exit_code = -1;
-  if (posix_spawn(&pid, binary, &actions, NULL, (char *const *)args, environ) == 0 &&
-      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
-    r->exit_code = WEXITSTATUS(status);
-  posix_spawn_file_actions_destroy(&actions);
-  read_small(out_path, r->out, sizeof r->out);
-  read_small(err_path, r->err, sizeof r->err);
-}
-
-/* A failure the user can act on: exit 1, exactly one line on stderr, which names every
- * needle (the file, the problem). */
-static void expect_error(const cli_result *r, const char *what, const char *needle1,
-                         const char *needle2) {
-  const char *newline = strchr(r->err, '\n');
-  int one_line = newline && newline[1] == '\0' && strncmp(r->err, "cluda_infer: error: ", 20) == 0;
-  int named = (!needle1 || strstr(r->err, needle1)) && (!needle2 || strstr(r->err, needle2));
-  TEST_CHECK(r->exit_code == 1 && one_line && named, "%s: exit %d, stderr: %s", what, r->exit_code,
-             r->err);
-  if (r->exit_code == 1) printf("  expected error (%s): %s", what, r->err);
-}
-
-/* "<tmpdir>/<name>"; each call gets its own buffer, so paths can be kept. */
-static const char *tmp(const char *name) {
-  static char paths[256][1024];
-  static int next = 0;
-  char *p = paths[next++ % 256];
-  snprintf(p, 1024, "%s/%s", tmpdir, name);
-  return p;
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-  FILE *f = fopen(path, "wb");
-  if (f) {
-    if (n) fwrite(data, 1, n, f);
-    fclose(f);
-  }
-}
 
 /* A smooth colour pattern (so the network sees structure, not noise). */
 static void write_test_image(const char *path, int width, int height, int channels) {
@@ -206,9 +125,9 @@ static void compare_dump_logits(const char *dump, const float *want, int h4, int
 
 /* ---- tests ---- */
 
-static void test_help_and_usage(void) {
+static void test_help_and_usage(cli_runner *cr) {
   cli_result r;
-  cli(&r, "--help", NULL);
+  cli_run(cr, &r, "--help", NULL);
   const char *flags[] = {"--config",
                          "--set",
                          "--weights",
@@ -230,38 +149,38 @@ static void test_help_and_usage(void) {
     }
   TEST_CHECK(all, "--help exits 0 and documents every flag");
 
-  cli(&r, NULL);
+  cli_run(cr, &r, NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--config is required"), "no arguments: %s", r.err);
-  cli(&r, "--config", TINY_CONFIG, "--bogus", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--bogus", NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "unknown option '--bogus'"), "unknown option: %s",
              r.err);
-  cli(&r, "--config", TINY_CONFIG, "--input", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--input needs a value"), "missing value: %s",
              r.err);
-  cli(&r, "--config", TINY_CONFIG, NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--input and --out are required"),
              "missing --input: %s", r.err);
-  cli(&r, "--config", TINY_CONFIG, "--config", TINY_CONFIG, NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--config", TINY_CONFIG, NULL);
   TEST_CHECK(r.exit_code == 2 && strstr(r.err, "--config given twice"), "twice: %s", r.err);
 
-  cli(&r, "--print-config-reference", NULL);
+  cli_run(cr, &r, "--print-config-reference", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "| `model.encoder` | enum | `b5` |"),
              "--print-config-reference prints the key table");
-  cli(&r, "--config", TINY_CONFIG, "--print-config", "--set", "model.dropout=0.2", "--seed=9",
-      NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--print-config", "--set", "model.dropout=0.2",
+          "--seed=9", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "seed: 9  # --set 'seed=9'") &&
                  strstr(r.out, "  encoder: tiny  # ") && strstr(r.out, "  dropout: 0.2  # --set"),
              "--print-config shows the resolved config:\n%s%s", r.out, r.err);
 }
 
-static void test_tiny_run(void) {
-  const char *image = tmp("street.png");
+static void test_tiny_run(cli_runner *cr) {
+  const char *image = cli_path(cr, "street.png");
   write_test_image(image, 72, 40, 3);
-  const char *out_dir = tmp("out/nested");
-  const char *dump = tmp("street.h5");
+  const char *out_dir = cli_path(cr, "out/nested");
+  const char *dump = cli_path(cr, "street.h5");
   cli_result r;
-  cli(&r, "--config", TINY_CONFIG, "--seed", "3", "--input", image, "--out", out_dir, "--dump",
-      dump, NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--input", image, "--out", out_dir,
+          "--dump", dump, NULL);
   printf("%s", r.out);
   TEST_CHECK(r.exit_code == 0, "tiny random-init run exits 0 (stderr: %s)", r.err);
   TEST_CHECK(strstr(r.out, "random initialisation from seed 3") != NULL,
@@ -338,12 +257,12 @@ static void test_tiny_run(void) {
     int h4 = 0, w4 = 0, k = 0;
     float *want = forward_logits(&m, image, &h4, &w4, &k);
     if (want) compare_dump_logits(dump, want, h4, w4, k, "CLI logits = in-process forward, seed 3");
-    cli(&r, "--config", TINY_CONFIG, "--seed", "4", "--input", image, "--out", out_dir, "--dump",
-        tmp("seed4.h5"), NULL);
+    cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "4", "--input", image, "--out", out_dir,
+            "--dump", cli_path(cr, "seed4.h5"), NULL);
     TEST_CHECK(r.exit_code == 0, "seed 4 run (stderr: %s)", r.err);
     fixture f4;
     cluda_tensor t4;
-    if (want && TEST_OK(fixture_open_path(tmp("seed4.h5"), &f4))) {
+    if (want && TEST_OK(fixture_open_path(cli_path(cr, "seed4.h5"), &f4))) {
       if (TEST_OK(fixture_read(&f4, "logits", CLUDA_F32, &t4))) {
         TEST_CHECK(memcmp(t4.data, want, sizeof(float) * (size_t)(h4 * w4 * k)) != 0,
                    "another seed gives other logits");
@@ -356,8 +275,8 @@ static void test_tiny_run(void) {
   }
 }
 
-static void test_directory(void) {
-  const char *dir = tmp("images");
+static void test_directory(cli_runner *cr) {
+  const char *dir = cli_path(cr, "images");
   mkdir(dir, 0755);
   char a[600], b[600], c[600];
   snprintf(a, sizeof a, "%s/b_gray.png", dir);
@@ -365,10 +284,10 @@ static void test_directory(void) {
   snprintf(c, sizeof c, "%s/notes.txt", dir);
   write_test_image(a, 40, 48, 1); /* gray, read as RGB */
   write_test_image(b, 64, 33, 3);
-  write_bytes(c, "not an image", 12);
+  cli_write_bytes(c, "not an image", 12);
   cli_result r;
-  const char *out_dir = tmp("dir_out");
-  cli(&r, "--config", TINY_CONFIG, "--input", dir, "--out", out_dir, NULL);
+  const char *out_dir = cli_path(cr, "dir_out");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", dir, "--out", out_dir, NULL);
   printf("%s", r.out);
   TEST_CHECK(r.exit_code == 0, "directory run exits 0 (stderr: %s)", r.err);
   const char *first = strstr(r.out, "a_rgb.png: 64x33");
@@ -385,12 +304,13 @@ static void test_directory(void) {
       cluda_image_free(&img);
     }
   }
-  cli(&r, "--config", TINY_CONFIG, "--input", dir, "--out", out_dir, "--dump", tmp("x.h5"), NULL);
-  expect_error(&r, "--dump with several images", "--dump needs a single input image", dir);
-  const char *empty = tmp("empty_dir");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", dir, "--out", out_dir, "--dump",
+          cli_path(cr, "x.h5"), NULL);
+  cli_expect_error(cr, &r, "--dump with several images", "--dump needs a single input image", dir);
+  const char *empty = cli_path(cr, "empty_dir");
   mkdir(empty, 0755);
-  cli(&r, "--config", TINY_CONFIG, "--input", empty, "--out", out_dir, NULL);
-  expect_error(&r, "empty directory", "no .png files", empty);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", empty, "--out", out_dir, NULL);
+  cli_expect_error(cr, &r, "empty directory", "no .png files", empty);
 }
 
 /* Writes the encoder tensors of m as an mmseg-named safetensors file (conv weights back to
@@ -452,8 +372,8 @@ static int write_encoder_safetensors(const char *path, const model *m) {
   return fclose(f) == 0;
 }
 
-static void test_weights(void) {
-  const char *image = tmp("w.png");
+static void test_weights(cli_runner *cr) {
+  const char *image = cli_path(cr, "w.png");
   write_test_image(image, 48, 36, 3);
   model m;
   if (!make_model(&m, NULL, 11)) return;
@@ -463,29 +383,31 @@ static void test_weights(void) {
   cli_result r;
 
   /* cluda's HDF5 file: every parameter and running statistic comes back. */
-  const char *h5 = tmp("weights.h5");
+  const char *h5 = cli_path(cr, "weights.h5");
   TEST_OK(cluda_weights_save_h5(h5, &m.seg, m.params, m.state));
-  cli(&r, "--config", TINY_CONFIG, "--weights", h5, "--input", image, "--out", tmp("w_out"),
-      "--dump", tmp("w_h5.h5"), NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", h5, "--input", image, "--out",
+          cli_path(cr, "w_out"), "--dump", cli_path(cr, "w_h5.h5"), NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "(cluda HDF5)"), "--weights file.h5 (stderr: %s)",
              r.err);
-  if (want) compare_dump_logits(tmp("w_h5.h5"), want, h4, w4, k, "HDF5 weights round trip");
+  if (want)
+    compare_dump_logits(cli_path(cr, "w_h5.h5"), want, h4, w4, k, "HDF5 weights round trip");
   /* The format is recognised by content, not by name. */
-  char renamed[1024];
-  snprintf(renamed, sizeof renamed, "%s/weights.bin", tmpdir);
+  const char *renamed = cli_path(cr, "weights.bin");
   if (rename(h5, renamed) == 0) {
-    cli(&r, "--config", TINY_CONFIG, "--weights", renamed, "--input", image, "--out", tmp("w_out"),
-        NULL);
+    cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", renamed, "--input", image, "--out",
+            cli_path(cr, "w_out"), NULL);
     TEST_CHECK(r.exit_code == 0 && strstr(r.out, "(cluda HDF5)"), "HDF5 found by its signature");
   }
 
   /* Encoder-only safetensors: refused without --allow-missing-head, else a fresh head. */
-  const char *st = tmp("encoder.safetensors");
+  const char *st = cli_path(cr, "encoder.safetensors");
   TEST_CHECK(write_encoder_safetensors(st, &m), "wrote %s", st);
-  cli(&r, "--config", TINY_CONFIG, "--weights", st, "--input", image, "--out", tmp("w_out"), NULL);
-  expect_error(&r, "encoder-only weights", "missing tensor for decode_head.", NULL);
-  cli(&r, "--config", TINY_CONFIG, "--weights", st, "--allow-missing-head", "--seed", "11",
-      "--input", image, "--out", tmp("w_out"), "--dump", tmp("w_st.h5"), NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", st, "--input", image, "--out",
+          cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "encoder-only weights", "missing tensor for decode_head.", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", st, "--allow-missing-head", "--seed", "11",
+          "--input", image, "--out", cli_path(cr, "w_out"), "--dump", cli_path(cr, "w_st.h5"),
+          NULL);
   printf("%s", r.out);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "safetensors, mmseg naming") &&
                  strstr(r.out, "decode-head tensors missing, kept from the random initialisation"),
@@ -500,7 +422,7 @@ static void test_weights(void) {
     }
     float *want_st = forward_logits(&fresh, image, &h4, &w4, &k);
     if (want_st)
-      compare_dump_logits(tmp("w_st.h5"), want_st, h4, w4, k,
+      compare_dump_logits(cli_path(cr, "w_st.h5"), want_st, h4, w4, k,
                           "safetensors encoder (OIHW->OHWI) + fresh head");
     free(want_st);
     free_model(&fresh);
@@ -509,132 +431,110 @@ static void test_weights(void) {
   /* Weights of another architecture. */
   model other;
   if (make_model(&other, "model.num_classes=5", 1)) {
-    const char *other_h5 = tmp("other.h5");
+    const char *other_h5 = cli_path(cr, "other.h5");
     TEST_OK(cluda_weights_save_h5(other_h5, &other.seg, other.params, other.state));
-    cli(&r, "--config", TINY_CONFIG, "--weights", other_h5, "--input", image, "--out", tmp("w_out"),
-        NULL);
-    expect_error(&r, "HDF5 weights of another architecture", "other.h5", NULL);
+    cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", other_h5, "--input", image, "--out",
+            cli_path(cr, "w_out"), NULL);
+    cli_expect_error(cr, &r, "HDF5 weights of another architecture", "other.h5", NULL);
     free_model(&other);
   }
-  cli(&r, "--config", TINY_CONFIG, "--set", "model.encoder=b0", "--weights", st, "--input", image,
-      "--out", tmp("w_out"), NULL);
-  expect_error(&r, "safetensors of another architecture", "encoder.safetensors", "another encoder");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--set", "model.encoder=b0", "--weights", st, "--input",
+          image, "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "safetensors of another architecture", "encoder.safetensors",
+                   "another encoder");
 
   /* Missing and malformed weight files. */
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("none.safetensors"), "--input", image, "--out",
-      tmp("w_out"), NULL);
-  expect_error(&r, "missing weights", "none.safetensors", "No such file");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "none.safetensors"), "--input",
+          image, "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "missing weights", "none.safetensors", "No such file");
   const unsigned char huge[16] = {0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, '{', '}'};
-  write_bytes(tmp("huge.safetensors"), huge, 10);
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("huge.safetensors"), "--input", image, "--out",
-      tmp("w_out"), NULL);
-  expect_error(&r, "safetensors header length beyond the file", "huge.safetensors", NULL);
-  write_bytes(tmp("json.safetensors"), "\x0c\0\0\0\0\0\0\0{\"a\": [1, }", 20);
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("json.safetensors"), "--input", image, "--out",
-      tmp("w_out"), NULL);
-  expect_error(&r, "safetensors with broken JSON", "json.safetensors", NULL);
-  write_bytes(tmp("broken.h5"), "\x89HDF\r\n\x1a\n garbage garbage garbage", 32);
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("broken.h5"), "--input", image, "--out",
-      tmp("w_out"), NULL);
-  expect_error(&r, "malformed HDF5", "broken.h5", NULL);
-  write_bytes(tmp("weights.txt"), "these are not weights", 21);
-  cli(&r, "--config", TINY_CONFIG, "--weights", tmp("weights.txt"), "--input", image, "--out",
-      tmp("w_out"), NULL);
-  expect_error(&r, "unknown weight format", "weights.txt",
-               "neither a safetensors file nor an HDF5");
+  cli_write_bytes(cli_path(cr, "huge.safetensors"), huge, 10);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "huge.safetensors"), "--input",
+          image, "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "safetensors header length beyond the file", "huge.safetensors", NULL);
+  cli_write_bytes(cli_path(cr, "json.safetensors"), "\x0c\0\0\0\0\0\0\0{\"a\": [1, }", 20);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "json.safetensors"), "--input",
+          image, "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "safetensors with broken JSON", "json.safetensors", NULL);
+  cli_write_bytes(cli_path(cr, "broken.h5"), "\x89HDF\r\n\x1a\n garbage garbage garbage", 32);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "broken.h5"), "--input", image,
+          "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "malformed HDF5", "broken.h5", NULL);
+  cli_write_bytes(cli_path(cr, "weights.txt"), "these are not weights", 21);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--weights", cli_path(cr, "weights.txt"), "--input",
+          image, "--out", cli_path(cr, "w_out"), NULL);
+  cli_expect_error(cr, &r, "unknown weight format", "weights.txt",
+                   "neither a safetensors file nor an HDF5");
   free(want);
   free_model(&m);
 }
 
-static void test_bad_inputs(void) {
+static void test_bad_inputs(cli_runner *cr) {
   cli_result r;
-  const char *out_dir = tmp("bad_out");
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("nowhere.png"), "--out", out_dir, NULL);
-  expect_error(&r, "missing input", "nowhere.png", "No such file");
-  write_bytes(tmp("text.png"), "plain text, not a PNG\n", 22);
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("text.png"), "--out", out_dir, NULL);
-  expect_error(&r, "non-PNG input", "text.png", "not a PNG file");
+  const char *out_dir = cli_path(cr, "bad_out");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "nowhere.png"), "--out", out_dir,
+          NULL);
+  cli_expect_error(cr, &r, "missing input", "nowhere.png", "No such file");
+  cli_write_bytes(cli_path(cr, "text.png"), "plain text, not a PNG\n", 22);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "text.png"), "--out", out_dir,
+          NULL);
+  cli_expect_error(cr, &r, "non-PNG input", "text.png", "not a PNG file");
 
-  write_test_image(tmp("whole.png"), 64, 64, 3);
+  write_test_image(cli_path(cr, "whole.png"), 64, 64, 3);
   static unsigned char bytes[65536];
-  FILE *f = fopen(tmp("whole.png"), "rb");
+  FILE *f = fopen(cli_path(cr, "whole.png"), "rb");
   size_t n = f ? fread(bytes, 1, sizeof bytes, f) : 0;
   if (f) fclose(f);
-  write_bytes(tmp("cut.png"), bytes, n / 2);
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("cut.png"), "--out", out_dir, NULL);
-  expect_error(&r, "truncated PNG", "cut.png", "truncated or corrupt");
+  cli_write_bytes(cli_path(cr, "cut.png"), bytes, n / 2);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "cut.png"), "--out", out_dir,
+          NULL);
+  cli_expect_error(cr, &r, "truncated PNG", "cut.png", "truncated or corrupt");
 
-  write_test_image(tmp("small.png"), 16, 40, 3);
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("small.png"), "--out", out_dir, NULL);
-  expect_error(&r, "too small PNG", "small.png", "at least 32x32");
+  write_test_image(cli_path(cr, "small.png"), 16, 40, 3);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "small.png"), "--out", out_dir,
+          NULL);
+  cli_expect_error(cr, &r, "too small PNG", "small.png", "at least 32x32");
   uint8_t *wide = calloc(20000, 1);
   cluda_image big = {20000, 1, 1, wide};
-  cluda_status s = cluda_png_write(tmp("wide.png"), &big); /* the writer has no side limit */
+  cluda_status s =
+      cluda_png_write(cli_path(cr, "wide.png"), &big); /* the writer has no side limit */
   free(wide);
   if (s.code == CLUDA_OK) {
-    cli(&r, "--config", TINY_CONFIG, "--input", tmp("wide.png"), "--out", out_dir, NULL);
-    expect_error(&r, "unsupported PNG", "wide.png", "largest supported side");
+    cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "wide.png"), "--out", out_dir,
+            NULL);
+    cli_expect_error(cr, &r, "unsupported PNG", "wide.png", "largest supported side");
   }
 
-  write_bytes(tmp("bad.yaml"), "model:\n  encoder: tiny\n  encodr: b0\n", 36);
-  cli(&r, "--config", tmp("bad.yaml"), "--input", tmp("whole.png"), "--out", out_dir, NULL);
-  expect_error(&r, "unknown config key", "bad.yaml:3", "unknown key 'model.encodr'");
-  cli(&r, "--config", TINY_CONFIG, "--set", "model.num_classes=many", "--input", tmp("whole.png"),
-      "--out", out_dir, NULL);
-  expect_error(&r, "bad --set", "model.num_classes", "expects an integer");
-  cli(&r, "--config", tmp("missing.yaml"), "--input", tmp("whole.png"), "--out", out_dir, NULL);
-  expect_error(&r, "missing config", "missing.yaml", "cannot open config file");
-  cli(&r, "--config", TINY_CONFIG, "--seed", "x", "--input", tmp("whole.png"), "--out", out_dir,
-      NULL);
-  expect_error(&r, "bad seed", "seed", "expects an integer");
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("whole.png"), "--out", tmp("text.png"), NULL);
-  expect_error(&r, "--out is a file", "text.png", NULL);
-  cli(&r, "--config", TINY_CONFIG, "--input", tmp("whole.png"), "--out", out_dir, "--dump",
-      tmp("no/dir/d.h5"), NULL);
-  expect_error(&r, "dump into a missing directory", "no/dir/d.h5", NULL);
-}
-
-/* Finds build/bin/cluda_infer from this program's path (build/tests/test_infer_cli); the
- * scratch directory goes next to this program, inside the build tree. */
-static int locate_binary(const char *argv0, char *test_dir, size_t size) {
-  char self[280]; /* build paths are short; a longer one fails the access() check */
-  if (strchr(argv0, '/')) {
-    snprintf(self, sizeof self, "%s", argv0);
-  } else {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = '\0';
-  }
-  char *slash = strrchr(self, '/');
-  *slash = '\0';
-  snprintf(test_dir, size, "%s", self);
-  snprintf(binary, sizeof binary, "%s/../bin/cluda_infer", self);
-  return access(binary, X_OK) == 0;
+  cli_write_bytes(cli_path(cr, "bad.yaml"), "model:\n  encoder: tiny\n  encodr: b0\n", 36);
+  cli_run(cr, &r, "--config", cli_path(cr, "bad.yaml"), "--input", cli_path(cr, "whole.png"),
+          "--out", out_dir, NULL);
+  cli_expect_error(cr, &r, "unknown config key", "bad.yaml:3", "unknown key 'model.encodr'");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--set", "model.num_classes=many", "--input",
+          cli_path(cr, "whole.png"), "--out", out_dir, NULL);
+  cli_expect_error(cr, &r, "bad --set", "model.num_classes", "expects an integer");
+  cli_run(cr, &r, "--config", cli_path(cr, "missing.yaml"), "--input", cli_path(cr, "whole.png"),
+          "--out", out_dir, NULL);
+  cli_expect_error(cr, &r, "missing config", "missing.yaml", "cannot open config file");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "x", "--input", cli_path(cr, "whole.png"),
+          "--out", out_dir, NULL);
+  cli_expect_error(cr, &r, "bad seed", "seed", "expects an integer");
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "whole.png"), "--out",
+          cli_path(cr, "text.png"), NULL);
+  cli_expect_error(cr, &r, "--out is a file", "text.png", NULL);
+  cli_run(cr, &r, "--config", TINY_CONFIG, "--input", cli_path(cr, "whole.png"), "--out", out_dir,
+          "--dump", cli_path(cr, "no/dir/d.h5"), NULL);
+  cli_expect_error(cr, &r, "dump into a missing directory", "no/dir/d.h5", NULL);
 }
 
 int main(int argc, char **argv) {
   (void)argc;
-  char test_dir[300];
-  if (!locate_binary(argv[0], test_dir, sizeof test_dir)) {
-    TEST_CHECK(0, "cluda_infer not found at %s (build the cluda_infer target)", binary);
-    return test_finish("test_infer_cli");
-  }
-  if (strlen(test_dir) + 20 >= sizeof tmpdir) {
-    TEST_CHECK(0, "build directory path too long: %s", test_dir);
-    return test_finish("test_infer_cli");
-  }
-  snprintf(tmpdir, sizeof tmpdir, "%.300s/infer_cli_XXXXXX", test_dir);
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  test_help_and_usage();
-  test_tiny_run();
-  test_directory();
-  test_weights();
-  test_bad_inputs();
-  char cmd[1100];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+  cli_runner cr;
+  if (!cli_runner_init(&cr, argv[0], "cluda_infer")) return test_finish("test_infer_cli");
+  test_help_and_usage(&cr);
+  test_tiny_run(&cr);
+  test_directory(&cr);
+  test_weights(&cr);
+  test_bad_inputs(&cr);
+  cli_runner_cleanup(&cr);
   return test_finish("test_infer_cli");
 }

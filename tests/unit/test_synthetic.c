@@ -3,23 +3,16 @@
  * present with a long-tailed histogram, matching label statistics but clearly different
  * colours between domains, and the cluda_data program (--help, a small run whose PNGs and
  * RCS statistics files agree with the library, bad arguments). */
-#include <fcntl.h>
 #include <math.h>
-#include <spawn.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
+#include "cli.h"
 #include "cluda/image.h"
 #include "cluda/synthetic.h"
 #include "testing.h"
-
-extern char **environ;
 
 static cluda_synth_config config(int h, int w, int domain, uint64_t seed) {
   cluda_synth_config c;
@@ -354,69 +347,18 @@ static const json *json_get(const json *o, const char *key) {
 
 /* ---- cluda_data ---- */
 
-static char binary[1024], tmpdir[400];
-
-typedef struct cli_result {
-  int exit_code;
-  char out[8192], err[4096];
-} cli_result;
-
-static void read_small(const char *path, char *buf, size_t size) {
-  FILE *f = fopen(path, "rb");
-  size_t n = f ? fread(buf, 1, size - 1, f) : 0;
-  buf[n] = '\0';
-  if (f) fclose(f);
-}
-
-static void cli(cli_result *r, ...) {
-  const char *args[40];
-  int n = 0;
-  args[n++] = binary;
-  va_list ap;
-  va_start(ap, r);
-  for (const char *a = va_arg(ap, const char *); a && n < 39; a = va_arg(ap, const char *))
-    args[n++] = a;
-  va_end(ap);
-  args[n] = NULL;
-  char out_path[600], err_path[600];
-  snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
-  snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid;
-  int status = 0;
-  r->exit_code = -1;
-  if (posix_spawn(&pid, binary, &actions, NULL, (char *const *)args, environ) == 0 &&
-      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
-    r->exit_code = WEXITSTATUS(status);
-  posix_spawn_file_actions_destroy(&actions);
-  read_small(out_path, r->out, sizeof r->out);
-  read_small(err_path, r->err, sizeof r->err);
-}
-
-static void expect_error(const cli_result *r, int code, const char *what, const char *needle) {
-  const char *nl = strchr(r->err, '\n');
-  int one_line = nl && nl[1] == '\0' && !strncmp(r->err, "cluda_data: error: ", 19);
-  TEST_CHECK(r->exit_code == code && one_line && strstr(r->err, needle), "%s: exit %d, stderr: %s",
-             what, r->exit_code, r->err);
-  if (r->exit_code == code) printf("  expected error (%s): %s", what, r->err);
-}
-
-static void test_cli(void) {
+static void test_cli(cli_runner *cr) {
   cli_result r;
-  cli(&r, "--help", NULL);
+  cli_run(cr, &r, "--help", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "usage: cluda_data synth") &&
                  strstr(r.out, "samples_with_class.json"),
              "--help prints the usage (exit %d)", r.exit_code);
-  cli(&r, "synth", "--help", NULL);
+  cli_run(cr, &r, "synth", "--help", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "--shared-layout"), "synth --help");
 
-  char out[600];
-  snprintf(out, sizeof out, "%s/run/a", tmpdir);
-  cli(&r, "synth", "--domain", "target", "--split", "val", "--count", "3", "--size", "40x60",
-      "--seed", "17", "--out", out, "--start", "4", NULL);
+  const char *out = cli_path(cr, "run/a");
+  cli_run(cr, &r, "synth", "--domain", "target", "--split", "val", "--count", "3", "--size",
+          "40x60", "--seed", "17", "--out", out, "--start", "4", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "wrote 3 target val images"), "small run: %s%s",
              r.out, r.err);
   cluda_synth_config c = config(40, 60, CLUDA_SYNTH_TARGET, 17);
@@ -509,62 +451,44 @@ static void test_cli(void) {
   json_free(&by_class);
 
   /* Bad command lines: exit 2, one line naming the problem. */
-  cli(&r, NULL);
-  expect_error(&r, 2, "no command", "no command");
-  cli(&r, "render", NULL);
-  expect_error(&r, 2, "unknown command", "render");
+  cli_run(cr, &r, NULL);
+  cli_expect_error_code(cr, &r, 2, "no command", "no command", NULL);
+  cli_run(cr, &r, "render", NULL);
+  cli_expect_error_code(cr, &r, 2, "unknown command", "render", NULL);
   const char *base[] = {"synth", "--domain", "source", "--split", "train", "--count",
                         "1",     "--size",   "8x8",    "--seed",  "1",     "--out"};
 #define BASE                                                                                       \
   base[0], base[1], base[2], base[3], base[4], base[5], base[6], base[7], base[8], base[9],        \
       base[10], base[11]
-  cli(&r, BASE, out, "--bogus", NULL);
-  expect_error(&r, 2, "unknown option", "--bogus");
-  cli(&r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--seed", "1", "--out",
-      out, NULL);
-  expect_error(&r, 2, "missing --size", "--size is required");
-  cli(&r, BASE, out, "--size", "8x8", NULL);
-  expect_error(&r, 2, "duplicate", "given twice");
-  cli(&r, "synth", "--domain", "real", "--split", "train", "--count", "1", "--size", "8x8",
-      "--seed", "1", "--out", out, NULL);
-  expect_error(&r, 2, "bad domain", "'real'");
-  cli(&r, "synth", "--domain", "source", "--split", "train", "--count", "0", "--size", "8x8",
-      "--seed", "1", "--out", out, NULL);
-  expect_error(&r, 2, "zero count", "--count");
-  cli(&r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--size", "128",
-      "--seed", "1", "--out", out, NULL);
-  expect_error(&r, 2, "bad size", "HxW");
-  cli(&r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--size", "8x8",
-      "--seed", "-1", "--out", out, NULL);
-  expect_error(&r, 2, "negative seed", "--seed");
-  cli(&r, BASE, out, "--gap", "2", NULL);
-  expect_error(&r, 2, "gap out of range", "--gap");
-  cli(&r, BASE, out, "--start", "4294967296", NULL);
-  expect_error(&r, 2, "start too large", "2^32");
-  cli(&r, BASE, NULL);
-  expect_error(&r, 2, "--out without value", "needs a value");
+  cli_run(cr, &r, BASE, out, "--bogus", NULL);
+  cli_expect_error_code(cr, &r, 2, "unknown option", "--bogus", NULL);
+  cli_run(cr, &r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--seed", "1",
+          "--out", out, NULL);
+  cli_expect_error_code(cr, &r, 2, "missing --size", "--size is required", NULL);
+  cli_run(cr, &r, BASE, out, "--size", "8x8", NULL);
+  cli_expect_error_code(cr, &r, 2, "duplicate", "given twice", NULL);
+  cli_run(cr, &r, "synth", "--domain", "real", "--split", "train", "--count", "1", "--size", "8x8",
+          "--seed", "1", "--out", out, NULL);
+  cli_expect_error_code(cr, &r, 2, "bad domain", "'real'", NULL);
+  cli_run(cr, &r, "synth", "--domain", "source", "--split", "train", "--count", "0", "--size",
+          "8x8", "--seed", "1", "--out", out, NULL);
+  cli_expect_error_code(cr, &r, 2, "zero count", "--count", NULL);
+  cli_run(cr, &r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--size",
+          "128", "--seed", "1", "--out", out, NULL);
+  cli_expect_error_code(cr, &r, 2, "bad size", "HxW", NULL);
+  cli_run(cr, &r, "synth", "--domain", "source", "--split", "train", "--count", "1", "--size",
+          "8x8", "--seed", "-1", "--out", out, NULL);
+  cli_expect_error_code(cr, &r, 2, "negative seed", "--seed", NULL);
+  cli_run(cr, &r, BASE, out, "--gap", "2", NULL);
+  cli_expect_error_code(cr, &r, 2, "gap out of range", "--gap", NULL);
+  cli_run(cr, &r, BASE, out, "--start", "4294967296", NULL);
+  cli_expect_error_code(cr, &r, 2, "start too large", "2^32", NULL);
+  cli_run(cr, &r, BASE, NULL);
+  cli_expect_error_code(cr, &r, 2, "--out without value", "needs a value", NULL);
   /* An output path under a regular file cannot be created: exit 1. */
-  char blocked[700];
-  snprintf(blocked, sizeof blocked, "%s/stdout.txt/sub", tmpdir);
-  cli(&r, BASE, blocked, NULL);
-  expect_error(&r, 1, "unwritable --out", "stdout.txt");
+  cli_run(cr, &r, BASE, cli_path(cr, "stdout.txt/sub"), NULL);
+  cli_expect_error_code(cr, &r, 1, "unwritable --out", "stdout.txt", NULL);
 #undef BASE
-}
-
-static int locate_binary(const char *argv0, char *test_dir, size_t size) {
-  char self[280];
-  if (strchr(argv0, '/')) {
-    snprintf(self, sizeof self, "%s", argv0);
-  } else {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = '\0';
-  }
-  char *slash = strrchr(self, '/');
-  *slash = '\0';
-  snprintf(test_dir, size, "%s", self);
-  snprintf(binary, sizeof binary, "%s/../bin/cluda_data", self);
-  return access(binary, X_OK) == 0;
 }
 
 int main(int argc, char **argv) {
@@ -575,19 +499,9 @@ int main(int argc, char **argv) {
   test_class_statistics();
   test_domain_gap();
   test_errors();
-  char test_dir[300];
-  if (!locate_binary(argv[0], test_dir, sizeof test_dir)) {
-    TEST_CHECK(0, "cluda_data not found at %s (build the cluda_data target)", binary);
-    return test_finish("test_synthetic");
-  }
-  snprintf(tmpdir, sizeof tmpdir, "%.300s/synth_cli_XXXXXX", test_dir);
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  test_cli();
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+  cli_runner cr;
+  if (!cli_runner_init(&cr, argv[0], "cluda_data")) return test_finish("test_synthetic");
+  test_cli(&cr);
+  cli_runner_cleanup(&cr);
   return test_finish("test_synthetic");
 }
