@@ -45,7 +45,7 @@
  *
  * Not here: ref_row_order (decision 9; the reference pairs pixel-major feature rows with
  * batch-major label rows). The loss only sees rows, so that quirk is a permutation of the
- * label/weight rows the CALLER applies when flattening; TODO in the trainer (low priority).
+ * label/weight rows the CALLER applies when flattening (cluda_ref_row_order_permute, trainer.h).
  * Multi-resolution (decision 15) is two calls on the same LR anchors: against the LR contrast
  * rows with anchor weights delta_i w_i, and against the HR contrast rows with (1 - delta_i) w_i
  * (w_i: Gamma / 1 / 0 as below); the chain rule through d_anchor_weights gives dL/d delta.

@@ -48,6 +48,7 @@ typedef struct cluda_train_settings {
   int cl_source, cl_mix;
   int cl_h, cl_w;
   int cl_mix_weighted;
+  int cl_ref_row_order;        /* cl.ref_row_order: the reference's row pairing (decisions.md 9) */
   cluda_contrastive_params cl; /* tau, weight, pairs, thing classes, ref_* options */
   /* optimizer and schedule */
   cluda_adamw_config adamw;
@@ -83,6 +84,29 @@ typedef struct cluda_trainer_hooks {
   const char *nan_term;
 } cluda_trainer_hooks;
 
+/* Stages of one step, for the optional per-stage timing (cluda_trainer.stage_seconds). FD
+ * includes the frozen ImageNet encoder's forward; a *_FWD stage includes its CE loss and
+ * gradient; CL stages cover resize, L2 norm, loss forward/backward and the resize back;
+ * OPTIM includes zeroing and checking the gradients, clipping and AdamW. */
+typedef enum cluda_train_stage {
+  CLUDA_STAGE_EMA,     /* EMA teacher update                                  */
+  CLUDA_STAGE_DATA,    /* render, crop, flip, normalise source + target       */
+  CLUDA_STAGE_SRC_FWD, /* student forward on the source crop + CE              */
+  CLUDA_STAGE_FD,      /* ImageNet-encoder forward + feature distance fwd/bwd */
+  CLUDA_STAGE_CL_SRC,  /* source pixel-contrastive term fwd/bwd               */
+  CLUDA_STAGE_SRC_BWD, /* student backward of the source terms                */
+  CLUDA_STAGE_TEACHER, /* teacher forward, pseudo-labels, Gamma, weights      */
+  CLUDA_STAGE_MIX,     /* ClassMix + strong augmentation                      */
+  CLUDA_STAGE_MIX_FWD, /* student forward on the mixed image + weighted CE    */
+  CLUDA_STAGE_CL_MIX,  /* mixed pixel-contrastive term fwd/bwd                */
+  CLUDA_STAGE_MIX_BWD, /* student backward of the mixed terms                 */
+  CLUDA_STAGE_OPTIM,   /* grad zero/checks, clip/norm, AdamW                  */
+  CLUDA_TRAIN_STAGES
+} cluda_train_stage;
+
+/* Short name of a stage ("ema", "data", "src_fwd", ...), or "?" out of range. */
+const char *cluda_train_stage_name(int stage);
+
 /* The trainer: model, the three parameter copies, optimizer, planned buffers. */
 typedef struct cluda_trainer {
   cluda_train_settings s;
@@ -102,6 +126,10 @@ typedef struct cluda_trainer {
   int scratch_created;
   int64_t iteration; /* the next iteration to run */
   cluda_trainer_hooks hooks;
+  /* Optional timing (benchmarks): when not NULL, each step ADDS the CLOCK_MONOTONIC seconds
+   * spent in each stage to stage_seconds[CLUDA_TRAIN_STAGES] (the caller zeroes it). Set it
+   * after cluda_trainer_init (which clears it); NULL (the default) costs one test per stage. */
+  double *stage_seconds;
   struct cluda_trainer_buffers *buf; /* batch tensors (trainer.c) */
 } cluda_trainer;
 
@@ -115,6 +143,15 @@ void cluda_trainer_free(cluda_trainer *t);
  * step before the optimizer (parameters untouched) with an error naming the iteration and
  * the term. stats may be NULL. */
 cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats);
+
+/* cl.ref_row_order (decisions.md 9, algorithm.md 6.3): the reference flattens the [B, N, D]
+ * features pixel-major (row r = pixel r / B of image r % B) but labels and weights batch-major
+ * (row r = pixel r % N of image r / N). Our feature rows are batch-major, so the feature of
+ * image b, pixel k (row b N + k) is paired with the label at batch-major index k B + b:
+ * labels_out[b N + k] = labels[k B + b], likewise weights (NULL: none). Identity for B = 1.
+ * Out-of-place; each array holds B N entries. */
+void cluda_ref_row_order_permute(int B, int64_t N, const uint8_t *labels, uint8_t *labels_out,
+                                 const float *weights, float *weights_out);
 
 /* Renders image `index` of a synthetic split, normalised [H, W, 3] and labels [H, W], at the
  * data size (for evaluation). */

@@ -133,6 +133,10 @@ static const cluda_config_key registry[] = {
      "11)."},
     {"cl.ref_half", CLUDA_CONFIG_BOOL, "false", 0, 0, 0, NULL, 0, 0,
      "Reference quirk: an extra factor 0.5 on each contrastive term (decisions.md 12)."},
+    {"cl.ref_row_order", CLUDA_CONFIG_BOOL, "false", 0, 0, 0, NULL, 0, 0,
+     "Reference quirk: pair pixel-major feature rows with batch-major label/weight rows, so with "
+     "batch > 1 a feature takes the label of a remapped pixel (decisions.md 9, algorithm.md "
+     "6.3)."},
     {"optim.lr", F_FLOAT, "6e-5", 0, 1, 0, NULL, 0, 0,
      "AdamW base learning rate of the encoder (algorithm.md 4.1)."},
     {"optim.head_lr_mult", F_FLOAT, "10", 0, 1000, 0, NULL, 0, 0,

@@ -87,6 +87,7 @@ cluda_status cluda_train_settings_from_config(const cluda_config *cfg, cluda_tra
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_ignore_as_class", &s.cl.ref_ignore_as_class));
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_pair_weight", &s.cl.ref_pair_weight));
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_half", &s.cl.ref_half));
+  CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_row_order", &s.cl_ref_row_order));
   /* cl.scope: one process contrasts its own batch either way (decisions.md 14). */
 
   s.adamw = cluda_adamw_default_config();

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluda/backend.h"
 #include "cluda/ops.h"
@@ -33,6 +34,33 @@ enum { PASS_SOURCE = 0, PASS_MIXED = 1 };
 static cluda_rng_key pass_key(const cluda_trainer *t, int64_t it, int pass) {
   return cluda_rng_make_key(t->s.seed, 0, (uint32_t)(2 * it + pass), CLUDA_RNG_DROPOUT, 0);
 }
+
+/* ---------------------------------------------------------------------------------------
+ * Optional per-stage timing (t->stage_seconds; trainer.h)
+ * --------------------------------------------------------------------------------------- */
+
+const char *cluda_train_stage_name(int stage) {
+  static const char *const names[CLUDA_TRAIN_STAGES] = {"ema",     "data",    "src_fwd", "fd",
+                                                        "cl_src",  "src_bwd", "teacher", "mix_aug",
+                                                        "mix_fwd", "cl_mix",  "mix_bwd", "optim"};
+  return stage >= 0 && stage < CLUDA_TRAIN_STAGES ? names[stage] : "?";
+}
+
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Adds the time since *mark to `stage` and moves *mark to now; nothing when timing is off. */
+static void stage_lap(cluda_trainer *t, int stage, double *mark) {
+  if (!t->stage_seconds) return;
+  double now = mono_now();
+  t->stage_seconds[stage] += now - *mark;
+  *mark = now;
+}
+
+static double stage_start(const cluda_trainer *t) { return t->stage_seconds ? mono_now() : 0.0; }
 
 /* ---------------------------------------------------------------------------------------
  * Data: synthetic scenes, random crop and flip, normalisation
@@ -193,6 +221,19 @@ static cluda_status feature_distance(cluda_trainer *t, cluda_ctx *ctx, const clu
   return cluda_feature_distance_backward(ctx, student_f4, &imnet_out[3], &mask, &dloss, &dfd, NULL);
 }
 
+/* The reference's row-ordering quirk (algorithm.md 6.3 "Row-ordering quirk", decisions.md 9):
+ * features pixel-major, labels/weights batch-major; here a permutation of the label and
+ * weight rows only (the features and their gradients keep their order). */
+void cluda_ref_row_order_permute(int B, int64_t N, const uint8_t *labels, uint8_t *labels_out,
+                                 const float *weights, float *weights_out) {
+  for (int b = 0; b < B; b++)
+    for (int64_t k = 0; k < N; k++) {
+      int64_t dst = (int64_t)b * N + k, src = k * B + b;
+      labels_out[dst] = labels[src];
+      if (weights) weights_out[dst] = weights[src];
+    }
+}
+
 /* Pixel-contrastive loss on the fused features (paper Eq. 2-5, decisions.md 3-14): resize to
  * cl.size (bilinear, align_corners True), L2-normalise, labels by legacy nearest, anchor
  * weights (may be NULL) resized like the features; dfused receives the gradient. */
@@ -212,6 +253,15 @@ static cluda_status contrastive(cluda_trainer *t, cluda_ctx *ctx, const cluda_te
     cluda_tensor w_full = t4((void *)weights, CLUDA_F32, B, bf->H, bf->W, 1);
     cluda_tensor w_small = t4(bf->cl_weight, CLUDA_F32, B, ch, cw, 1);
     CLUDA_TRY(cluda_resize_bilinear_forward(ctx, 1, &w_full, &w_small));
+  }
+  if (t->s.cl_ref_row_order && B > 1) {
+    /* cl_da and cl_dc are not used before the backward: scratch for the unpermuted rows. */
+    float *w_tmp = bf->cl_da;
+    uint8_t *lbl_tmp = (uint8_t *)bf->cl_dc;
+    memcpy(lbl_tmp, bf->cl_lbl, (size_t)M);
+    if (weights) memcpy(w_tmp, bf->cl_weight, (size_t)M * sizeof *w_tmp);
+    cluda_ref_row_order_permute(B, (int64_t)ch * cw, lbl_tmp, bf->cl_lbl, weights ? w_tmp : NULL,
+                                bf->cl_weight);
   }
   cluda_tensor rows = cluda_tensor_2d(CLUDA_F32, bf->cl_unit, M, C);
   cluda_tensor rlbl = cluda_tensor_1d(CLUDA_U8, bf->cl_lbl, M);
@@ -256,6 +306,7 @@ static cluda_status source_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
   cluda_run_mode train = {1, 1, pass_key(t, it, PASS_SOURCE)};
   cluda_tensor x = t4(bf->src_img, CLUDA_F32, bf->B, bf->H, bf->W, 3);
   cluda_segmentor_outputs out;
+  double mark = stage_start(t);
   CLUDA_TRY(cluda_segmentor_forward(ctx, &t->model, &t->plan, t->student, t->student_state, &train,
                                     &x, t->acts, &out));
   int ce = t->s.source_ce, fd = 0, cl = t->s.cl_source;
@@ -263,14 +314,17 @@ static cluda_status source_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
     CLUDA_TRY(cross_entropy(t, ctx, &out.logits, bf->src_lbl, NULL, &st->loss_src));
     CLUDA_TRY(check_term(t, it, "loss_src", &st->loss_src));
   }
+  stage_lap(t, CLUDA_STAGE_SRC_FWD, &mark);
   if (t->s.fd_lambda > 0) {
     CLUDA_TRY(feature_distance(t, ctx, &x, &out.enc[3], &st->loss_fd, &st->fd_cells, &fd));
     st->fd_active = fd;
     CLUDA_TRY(check_term(t, it, "loss_fd", &st->loss_fd));
+    stage_lap(t, CLUDA_STAGE_FD, &mark);
   }
   if (cl) {
     CLUDA_TRY(contrastive(t, ctx, &out.fused, bf->src_lbl, NULL, &st->loss_cl_src));
     CLUDA_TRY(check_term(t, it, "loss_cl_src", &st->loss_cl_src));
+    stage_lap(t, CLUDA_STAGE_CL_SRC, &mark);
   }
   if (!ce && !cl && !fd) return cluda_ok();
   cluda_tensor dlogits = t4(bf->dlogits, CLUDA_F32, bf->B, bf->h, bf->w, bf->K);
@@ -281,9 +335,11 @@ static cluda_status source_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
     memset(bf->dlogits, 0, (size_t)bf->B * bf->h * bf->w * bf->K * sizeof(float));
     ce = 1;
   }
-  return cluda_segmentor_backward(ctx, &t->model, &t->plan, t->student, t->grads, t->student_state,
-                                  &train, &x, t->acts, ce ? &dlogits : NULL, cl ? &dfused : NULL,
-                                  denc, NULL);
+  CLUDA_TRY(cluda_segmentor_backward(ctx, &t->model, &t->plan, t->student, t->grads,
+                                     t->student_state, &train, &x, t->acts, ce ? &dlogits : NULL,
+                                     cl ? &dfused : NULL, denc, NULL));
+  stage_lap(t, CLUDA_STAGE_SRC_BWD, &mark);
+  return cluda_ok();
 }
 
 /* Teacher pseudo-labels on the target crop, the confidence weight Gamma (paper Eq. 4) and
@@ -340,21 +396,27 @@ static cluda_status mixed_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
   cluda_run_mode train = {1, 1, pass_key(t, it, PASS_MIXED)};
   cluda_tensor x = t4(bf->mix_img, CLUDA_F32, bf->B, bf->H, bf->W, 3);
   cluda_segmentor_outputs out;
+  double mark = stage_start(t);
   CLUDA_TRY(cluda_segmentor_forward(ctx, &t->model, &t->plan, t->student, t->student_state, &train,
                                     &x, t->acts, &out));
   CLUDA_TRY(cross_entropy(t, ctx, &out.logits, bf->mix_lbl, bf->mix_weight, &st->loss_mix));
   CLUDA_TRY(check_term(t, it, "loss_mix", &st->loss_mix));
+  stage_lap(t, CLUDA_STAGE_MIX_FWD, &mark);
   int cl = t->s.cl_mix;
   if (cl) {
     const float *w = t->s.cl_mix_weighted ? bf->mix_weight : NULL;
     CLUDA_TRY(contrastive(t, ctx, &out.fused, bf->mix_lbl, w, &st->loss_cl_mix));
     CLUDA_TRY(check_term(t, it, "loss_cl_mix", &st->loss_cl_mix));
+    stage_lap(t, CLUDA_STAGE_CL_MIX, &mark);
   }
   cluda_tensor dlogits = t4(bf->dlogits, CLUDA_F32, bf->B, bf->h, bf->w, bf->K);
   cluda_tensor dfused = t4(bf->dfused, CLUDA_F32, bf->B, bf->h, bf->w, bf->Cf);
   const cluda_tensor *denc[4] = {NULL, NULL, NULL, NULL};
-  return cluda_segmentor_backward(ctx, &t->model, &t->plan, t->student, t->grads, t->student_state,
-                                  &train, &x, t->acts, &dlogits, cl ? &dfused : NULL, denc, NULL);
+  CLUDA_TRY(cluda_segmentor_backward(ctx, &t->model, &t->plan, t->student, t->grads,
+                                     t->student_state, &train, &x, t->acts, &dlogits,
+                                     cl ? &dfused : NULL, denc, NULL));
+  stage_lap(t, CLUDA_STAGE_MIX_BWD, &mark);
+  return cluda_ok();
 }
 
 /* Stops on a non-finite gradient, naming the iteration and the terms behind it. */
@@ -392,18 +454,28 @@ cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats) {
   st.gamma = NAN;
   cluda_ctx ctx = cluda_cpu_context(&t->scratch);
 
+  double mark = stage_start(t);                     /* timing off: stage_lap does nothing */
   if (t->s.uda) CLUDA_TRY(ema_teacher(t, it, &st)); /* 1. EMA teacher      */
-  CLUDA_TRY(load_batches(t, it));                   /*    source + target  */
+  stage_lap(t, CLUDA_STAGE_EMA, &mark);
+  CLUDA_TRY(load_batches(t, it)); /*    source + target  */
+  stage_lap(t, CLUDA_STAGE_DATA, &mark);
   CLUDA_TRY(cluda_grad_zero(&t->model.params, t->grads));
-  CLUDA_TRY(source_terms(t, &ctx, it, &st)); /* 2-4. CE + FD + CL_S */
+  stage_lap(t, CLUDA_STAGE_OPTIM, &mark);
+  CLUDA_TRY(source_terms(t, &ctx, it, &st)); /* 2-4. CE + FD + CL_S (own laps) */
+  mark = stage_start(t);
   CLUDA_TRY(check_gradients(t, it, "the source terms (loss_src + loss_fd + loss_cl_src)"));
+  stage_lap(t, CLUDA_STAGE_OPTIM, &mark);
   if (t->s.uda) {
     CLUDA_TRY(pseudo_labels(t, &ctx, it, &st)); /* 5. teacher, Gamma    */
-    CLUDA_TRY(class_mix(t, it));                /*    ClassMix, augment */
-    CLUDA_TRY(mixed_terms(t, &ctx, it, &st));   /* 6. CE_mix + CL_mix   */
+    stage_lap(t, CLUDA_STAGE_TEACHER, &mark);
+    CLUDA_TRY(class_mix(t, it)); /*    ClassMix, augment */
+    stage_lap(t, CLUDA_STAGE_MIX, &mark);
+    CLUDA_TRY(mixed_terms(t, &ctx, it, &st)); /* 6. CE_mix + CL_mix (own laps) */
+    mark = stage_start(t);
     CLUDA_TRY(check_gradients(t, it, "the mixed terms (loss_mix + loss_cl_mix)"));
   }
   CLUDA_TRY(optimizer_step(t, it, &st)); /* 7. AdamW             */
+  stage_lap(t, CLUDA_STAGE_OPTIM, &mark);
   t->iteration = it + 1;
   if (stats) *stats = st;
   return cluda_ok();
