@@ -139,9 +139,15 @@ void cli_run(const cli_runner *r, cli_result *res, ...) {
   pid_t pid;
   int status = 0;
   res->exit_code = -1;
-  if (posix_spawn(&pid, r->binary, &actions, NULL, (char *const *)args, environ) == 0 &&
-      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
-    res->exit_code = WEXITSTATUS(status);
+  if (posix_spawn(&pid, r->binary, &actions, NULL, (char *const *)args, environ) == 0) {
+    /* a signal delivered to the test must not end the wait early: the captured output would
+     * be read while the child is still writing it */
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+    }
+    if (w == pid && WIFEXITED(status)) res->exit_code = WEXITSTATUS(status);
+    if (w == pid && WIFSIGNALED(status)) res->exit_code = -WTERMSIG(status);
+  }
   posix_spawn_file_actions_destroy(&actions);
   read_capture(out_path, res->out, sizeof res->out);
   read_capture(err_path, res->err, sizeof res->err);
