@@ -29,7 +29,7 @@ typedef struct cli_runner {
 } cli_runner;
 
 typedef struct cli_result {
-  int exit_code;              /* -1 when the program could not start or was killed by a signal */
+  int exit_code;              /* -N when killed by signal N, -1 when it could not start */
   char out[32768], err[4096]; /* captured stdout / stderr, truncated and NUL-terminated */
 } cli_result;
 
