@@ -1,6 +1,6 @@
-/* What the command-line programs share: the config with its --set / --seed overrides, the
- * network built from it with its weights (safetensors or cluda HDF5, by content), output
- * directories. Internal to src/apps (each program is one translation unit, so these are
+/* What the command-line programs share: value-flag parsing, the config with its --set / --seed
+ * overrides, the network built from it with its weights (safetensors or cluda HDF5, by content),
+ * output directories. Internal to src/apps (each program is one translation unit, so these are
  * static inline). Errors come back as cluda_status with one line naming the file. */
 #ifndef CLUDA_APP_COMMON_H
 #define CLUDA_APP_COMMON_H
@@ -18,6 +18,29 @@
 #include "cluda/config.h"
 #include "cluda/segmentor.h"
 #include "cluda/weights.h"
+
+/* Matches argv[*i] against the value flags `names` ("--flag VALUE" or "--flag=VALUE").
+ * Returns the index of the flag (advancing *i past a separate value and setting *value),
+ * -1 when argv[*i] is not one of them, or -2 after printing "<program>: --flag needs a
+ * value" (a usage error). */
+static inline int app_value_flag(const char *program, int argc, char **argv, int *i,
+                                 const char *const *names, int count, const char **value) {
+  const char *arg = argv[*i];
+  for (int n = 0; n < count; n++) {
+    size_t len = strlen(names[n]);
+    if (strncmp(arg, names[n], len) != 0 || (arg[len] != '\0' && arg[len] != '=')) continue;
+    if (arg[len] == '=') {
+      *value = arg + len + 1;
+    } else if (*i + 1 < argc) {
+      *value = argv[++*i];
+    } else {
+      fprintf(stderr, "%s: %s needs a value; see --help\n", program, names[n]);
+      return -2;
+    }
+    return n;
+  }
+  return -1;
+}
 
 static inline void *app_alloc_aligned(size_t bytes) {
   return aligned_alloc(CLUDA_ARENA_ALIGN, cluda_arena_align(bytes ? bytes : 1));

@@ -89,21 +89,9 @@ static int parse_args(int argc, char **argv, eval_options *opt) {
     static const char *const names[] = {"--config", "--weights",  "--seed", "--data", "--save-pred",
                                         "--mode",   "--protocol", "--json", "--set"};
     const char *value = NULL;
-    int which = -1;
-    for (int n = 0; n < (int)(sizeof names / sizeof names[0]); n++) {
-      size_t len = strlen(names[n]);
-      if (!strncmp(arg, names[n], len) && (arg[len] == '\0' || arg[len] == '=')) {
-        which = n;
-        if (arg[len] == '=') {
-          value = arg + len + 1;
-        } else if (i + 1 < argc) {
-          value = argv[++i];
-        } else {
-          fprintf(stderr, "cluda_eval: %s needs a value; see --help\n", names[n]);
-          return 2;
-        }
-      }
-    }
+    const int which = app_value_flag("cluda_eval", argc, argv, &i, names,
+                                     (int)(sizeof names / sizeof names[0]), &value);
+    if (which == -2) return 2;
     switch (which) {
     case 0: target = &opt->config_path; break;
     case 1: target = &opt->weights_path; break;
