@@ -1,18 +1,19 @@
 /* Whole-network parity with PyTorch / Hugging Face: the segmentor (MiT encoder + SegFormer or
- * DAFormer head) loaded from safetensors files written by PyTorch tools (or, for MiT-B1,
- * filled by a procedural generator), run forward and backward on the CPU, against float64
+ * DAFormer head) with every weight filled by a procedural generator (no weight files), run
+ * forward and backward on the CPU, against float64
  * PyTorch results in tests/fixtures/model/<net>.h5 (written by tools/make_model_fixtures.py;
  * method, versions and cases in tools/README.md).
  *
  * Networks (one HDF5 file each, one group per run mode):
- *   hf_b0        HF SegformerForSemanticSegmentation, MiT-B0 dims, hf_b0.safetensors (F16,
- *                HF naming), HF's own LayerNorm eps 1e-5 everywhere, so block_norm_eps =
- *                1e-5; train and eval
+ *   hf_b0        HF SegformerForSemanticSegmentation, MiT-B0 dims, HF's own LayerNorm eps
+ *                1e-5 everywhere, so block_norm_eps = 1e-5; train and eval
  *   hf_b1        the same at MiT-B1 dims, block/stage norms at mmseg's 1e-6 (cluda's default
- *                config), PROCEDURAL weights (no weight file: gen_weights); train
- *   daformer_b0  MiT-B0 + DAFormer head (E 64, Cf 32), daformer_b0.safetensors (F16, mmseg
- *                naming); train and eval
- * The input x and the cotangents r_* of every file are procedural too. Generator
+ *                config); train
+ *   daformer_b0  MiT-B0 + DAFormer head (E 64, Cf 32); train and eval
+ * Weights and BN running statistics (gen_weights), the input x and the cotangents r_* are
+ * all procedural. The safetensors loader (HF and mmseg naming, F16 / BF16, K/V fusion,
+ * layouts) is tested by test_weights.c on real tiny Hugging Face files in
+ * tests/fixtures/weights/, not here. Generator
  * "cluda-hash-v1" (gen_fill, identical to gen_values in the script): element i (cluda layout)
  * of array `name` is (float)(offset + scale * m * 2^-23), m = (h >> 40) - 2^23,
  * h = splitmix64(fnv1a64(name) ^ splitmix64(seed ^ i)); seed = root attribute gen_seed,
@@ -44,14 +45,13 @@
  *
  * The MiT-B5 parameter count (81,443,008) is test_mit's (not repeated here).
  *
- * A missing fixture file, weight file, case or dataset is a failure, never a skip. */
+ * A missing fixture file, case or dataset is a failure, never a skip. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cluda/segmentor.h"
-#include "cluda/weights.h"
 #include "fixture.h"
 #include "testing.h"
 
@@ -63,22 +63,18 @@
 #define LIST_MAX 65536
 
 typedef struct net_case {
-  const char *name;    /* fixture tests/fixtures/model/<name>.h5 (and <name>.safetensors) */
+  const char *name;    /* fixture tests/fixtures/model/<name>.h5 */
   const char *encoder; /* preset */
   cluda_head_kind head;
   int embed_dims, channels;
   float block_norm_eps;
-  int procedural;      /* 1: weights from the generator, no weight file */
-  cluda_naming naming; /* of the weight file */
-  const char *weights_dtype;
   const char *modes; /* the groups, in the file's order */
 } net_case;
 
 static const net_case CASES[] = {
-    {"hf_b0", "b0", CLUDA_HEAD_SEGFORMER, 256, 256, 1e-5f, 0, CLUDA_NAMING_HF, "F16", "train,eval"},
-    {"hf_b1", "b1", CLUDA_HEAD_SEGFORMER, 256, 256, 1e-6f, 1, CLUDA_NAMING_AUTO, "F32", "train"},
-    {"daformer_b0", "b0", CLUDA_HEAD_DAFORMER, 64, 32, 1e-6f, 0, CLUDA_NAMING_MMSEG, "F16",
-     "train,eval"},
+    {"hf_b0", "b0", CLUDA_HEAD_SEGFORMER, 256, 256, 1e-5f, "train,eval"},
+    {"hf_b1", "b1", CLUDA_HEAD_SEGFORMER, 256, 256, 1e-6f, "train"},
+    {"daformer_b0", "b0", CLUDA_HEAD_DAFORMER, 64, 32, 1e-6f, "train,eval"},
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -497,7 +493,7 @@ static void check_doubled(const char *label, const char *group, const cluda_segm
 }
 
 static void run_mode(const net_case *nc, const fixture *f, const gen_table *gen,
-                     const cluda_segmentor *model, const char *weights, const char *group) {
+                     const cluda_segmentor *model, const char *group) {
   char label[64];
   snprintf(label, sizeof label, "model/%s", nc->name);
   if (!TEST_CHECK(fixture_has(f, group), "%s: no case group \"%s\"", f->path, group)) return;
@@ -525,17 +521,7 @@ static void run_mode(const net_case *nc, const fixture *f, const gen_table *gen,
   cluda_ctx ctx = {0};
 
   /* fresh weights and running statistics for every case */
-  if (nc->procedural) {
-    if (!gen_weights(f, gen, label, model, params, state)) goto out;
-  } else { /* the naming is detected */
-    cluda_load_options opt = {CLUDA_NAMING_AUTO, 0};
-    cluda_load_report rep;
-    memset(&rep, 0, sizeof rep);
-    if (!TEST_OK(cluda_load_safetensors(weights, model, params, state, &opt, &rep))) goto out;
-    TEST_CHECK(rep.naming == nc->naming && rep.missing_head == 0,
-               "%s: load report: naming %d detected (want %d), missing_head %d", label,
-               (int)rep.naming, (int)nc->naming, rep.missing_head);
-  }
+  if (!gen_weights(f, gen, label, model, params, state)) goto out;
 
   /* input and cotangents: procedural (generator table at the file's root) */
   int batch = 0, height = 0, width = 0;
@@ -636,20 +622,14 @@ static void run_net(const net_case *nc) {
   char weights_name[128] = "";
   check_attr_string(&f, "/", "encoder", nc->encoder);
   check_attr_string(&f, "/", "head", nc->head == CLUDA_HEAD_SEGFORMER ? "segformer" : "daformer");
-  check_attr_string(&f, "/", "weights_dtype", nc->weights_dtype);
-  check_attr_string(&f, "/", "naming",
-                    nc->procedural                  ? "cluda"
-                    : nc->naming == CLUDA_NAMING_HF ? "hf"
-                                                    : "mmseg");
+  check_attr_string(&f, "/", "weights_dtype", "F32");
+  check_attr_string(&f, "/", "naming", "cluda");
   check_attr_int(&f, "/", "embed_dims", nc->embed_dims);
   check_attr_int(&f, "/", "channels", nc->channels);
   TEST_OK(fixture_attr_string(&f, "/", "weights", weights_name, sizeof weights_name));
-  if (nc->procedural)
-    TEST_CHECK(strcmp(weights_name, "procedural") == 0,
-               "%s: weights \"%s\", the test expects procedural weights", f.path, weights_name);
+  TEST_CHECK(strcmp(weights_name, "procedural") == 0,
+             "%s: weights \"%s\", the test expects procedural weights", f.path, weights_name);
   if (!gen_open(&f, &gen)) goto out;
-  char weights[768];
-  snprintf(weights, sizeof weights, "%s/model/%s", CLUDA_FIXTURE_DIR, weights_name);
 
   cluda_segmentor_config cfg;
   cluda_segmentor model;
@@ -666,7 +646,7 @@ static void run_net(const net_case *nc) {
   char *items[8];
   int n = split_list(buf, items, 8);
   for (int i = 0; i < n; i++)
-    run_mode(nc, &f, &gen, &model, weights, items[i]);
+    run_mode(nc, &f, &gen, &model, items[i]);
   cluda_segmentor_free(&model);
 out:
   gen_close(&gen);
