@@ -11,8 +11,7 @@ restricts to the named ones): the generator table at the root, one group per run
 cluda's parameter names. No network has a weight file: every weight and BN running statistic
 is PROCEDURAL (weight files broke the 4 MiB-per-file rule and do not compress), as are every
 file's input and cotangents. The safetensors loader is tested by tests/unit/test_weights.c on
-real tiny Hugging Face files (tests/fixtures/weights/, tools/make_weight_fixtures.py); the
-writers below (save_weights, mmseg_state_dict) are kept for use by hand.
+real tiny Hugging Face files (tests/fixtures/weights/, tools/make_weight_fixtures.py).
 
 Procedural values (generator "cluda-hash-v1", gen_values below, gen_fill in the C test):
 element i (row-major flat index in cluda layout) of array `name` (cluda name; "x", "r_*") is
@@ -21,7 +20,7 @@ element i (row-major flat index in cluda layout) of array `name` (cluda name; "x
 with uint64 wrap-around arithmetic, the file's seed (attribute gen_seed) and per-array
 scale and offset (dataset gen_scale_offset [n, 2], names in attribute gen_names), powers of two
 or 0, so the float64 expression is exact and its one rounding to float32 is the same in C and
-numpy. Kinds: gen_kind() (the uniform counterpart of draw()); x U[-2, 2), cotangents U[-1, 1).
+numpy. Kinds: gen_kind(); x U[-2, 2), cotangents U[-1, 1).
 What the script changes afterwards (clear_relu_kinks moves BN biases) is stored in full as
 gen_override/<name> (names in gen_override_names).
 
@@ -70,18 +69,14 @@ HF's [c4, c3, c2, c1] to cluda's [c1, c2, c3, c4].
 
 import argparse
 import copy
-import hashlib
 import os
 import platform
 import re
-import shutil
 import sys
-import tempfile
 
 import h5py
 import numpy as np
 import safetensors
-import safetensors.torch
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -99,15 +94,6 @@ BATCH, HEIGHT, WIDTH = 2, 64, 96
 # No pre-ReLU value of a reference may lie within KINK_REL * max|pre-ReLU| of zero.
 KINK_REL = 1e-4
 NUM_CLASSES = 19
-
-
-def rng_for(name):
-    digest = hashlib.sha256(f"model/{name}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def randn(rng, shape, scale=1.0, offset=0.0):
-    return (offset + scale * rng.standard_normal(tuple(shape))).astype(np.float32)
 
 
 def nchw_to_nhwc(a):
@@ -192,8 +178,7 @@ def _pow2_ceil_sqrt_exp(fan):
 
 def gen_kind(cn, shape):
     """(scale, offset) of parameter or BN statistic `cn` (cluda name, cluda shape), all powers
-    of two: the uniform counterpart of draw() (same kinds, same regime: every LayerNorm sees
-    inputs of variance ~1e-3..1e-2). fan_in = prod(shape[1:]); 2^-e ~ 1/sqrt(fan_in)."""
+    of two (every LayerNorm sees inputs of variance ~1e-3..1e-2). fan_in = prod(shape[1:]); 2^-e ~ 1/sqrt(fan_in)."""
     e = _pow2_ceil_sqrt_exp(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
     if cn.endswith(".running_mean"):
         return 2.0 ** -2, 0.0
@@ -482,77 +467,6 @@ def norm_eps_of(net):
                 patches.add(mod.eps)
     assert len(blocks) == 1 and len(patches) == 1, (blocks, patches)
     return blocks.pop(), patches.pop()
-
-
-def draw(rng, cn, shape):
-    """Random value of parameter `cn` (cluda name). Scaled so that every LayerNorm input has
-    variance ~1e-3..1e-2 (eps-sensitive): small patch-embedding, SR, attn.proj and fc2
-    weights, small patch-norm gammas; everything else O(1) per unit."""
-    small = 0.05
-    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-    if re.search(r"patch_embed\d\.norm\.weight$", cn):
-        return randn(rng, shape, 0.01, 0.05)
-    if re.search(r"patch_embed\d\.norm\.bias$", cn):
-        return randn(rng, shape, 0.01)
-    if re.search(r"(norm\d?|\.bn)\.weight$", cn):  # norm1/2, attn.norm, stage norms, BN
-        return randn(rng, shape, 0.1, 1.0)
-    if re.search(r"(norm\d?|\.bn)\.bias$", cn):
-        return randn(rng, shape, 0.1)
-    if re.search(r"(patch_embed\d\.proj|attn\.sr|attn\.proj|mlp\.fc2)\.weight$", cn):
-        return randn(rng, shape, small / np.sqrt(fan_in))
-    if re.search(r"(patch_embed\d\.proj|attn\.sr|attn\.proj|mlp\.fc2)\.bias$", cn):
-        return randn(rng, shape, 0.01)
-    if cn.endswith(".weight"):
-        return randn(rng, shape, 1.0 / np.sqrt(fan_in))
-    if cn.endswith(".bias"):
-        return randn(rng, shape, 0.1)
-    raise KeyError(cn)
-
-
-def round_to(t, dtype):
-    return t.to(dtype).to(t.dtype)
-
-
-def init_net(net, rng, dtype, x):
-    """Random weights (rounded to dtype), then non-trivial BN running statistics: batch
-    statistics of a float64 calibration pass on x, perturbed, rounded to dtype."""
-    m = net.module
-    with torch.no_grad():
-        named = net.named_cluda()
-        params = dict(m.named_parameters())
-        # draw in cluda-name order so K and V come from one kv draw like mmseg
-        kv_cache = {}
-        for name, cn, part in sorted(named, key=lambda t: (t[1], t[2] or "")):
-            if name not in params:
-                continue
-            p = params[name]
-            if part is None:
-                v = draw(rng, cn, p.shape)
-            else:
-                if cn not in kv_cache:
-                    c = p.shape[0]
-                    kv_cache[cn] = draw(rng, cn, (2 * c,) + tuple(p.shape[1:]))
-                full = kv_cache[cn]
-                v = full[: p.shape[0]] if part == "k" else full[p.shape[0]:]
-            p.copy_(round_to(torch.from_numpy(np.ascontiguousarray(v)), dtype))
-        bns = [mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
-        for bn in bns:
-            bn.momentum = 1.0
-        m64 = copy.deepcopy(m).double().train()
-        for bn in (mod for mod in m64.modules() if isinstance(mod, nn.BatchNorm2d)):
-            bn.momentum = 1.0
-        Net(net.kind, m64).forward(torch.from_numpy(x).double())
-        calib = [mod for mod in m64.modules() if isinstance(mod, nn.BatchNorm2d)]
-        for bn, cb in zip(bns, calib):
-            c = bn.num_features
-            std = cb.running_var.float().sqrt()
-            mean = cb.running_mean.float() + 0.2 * std * torch.from_numpy(randn(rng, (c,)))
-            var = cb.running_var.float() * torch.from_numpy(
-                rng.uniform(0.6, 1.6, c).astype(np.float32))
-            bn.running_mean.copy_(round_to(mean, dtype))
-            bn.running_var.copy_(round_to(var, dtype))
-            bn.num_batches_tracked.fill_(1000)
-            bn.momentum = 0.1
 
 
 def relu_bns(net):
@@ -846,60 +760,6 @@ def write_fixture(out, name, meta, gen, cases):
     print(f"  {path}: {os.path.getsize(path)} bytes")
 
 
-def mmseg_state_dict(net):
-    """mmseg names, PyTorch layouts (OIHW), K and V fused into kv (K rows first)."""
-    sd, halves = {}, {}
-    state = net.module.state_dict()
-    for name, cn, part in net.named_cluda():
-        t = state[name]
-        if part is None:
-            sd[cn] = t
-        else:
-            halves.setdefault(cn, {})[part] = t
-    for cn, h in halves.items():
-        sd[cn] = torch.cat([h["k"], h["v"]], dim=0)
-    return sd
-
-
-def check_file_matches(path, net, dtype, hub):
-    """The weight file holds exactly the rounded weights, under the expected names."""
-    if hub:
-        state = net.module.state_dict()
-        want = {hub_name(name): state[name] for name, _, _ in net.named_cluda()}
-    else:
-        want = mmseg_state_dict(net)
-    with safetensors.safe_open(path, "pt") as f:
-        keys = set(f.keys())
-        assert keys == set(want), (sorted(keys ^ set(want)))[:10]
-        for key, ref in want.items():
-            t = f.get_tensor(key)
-            assert t.shape == ref.shape, (key, t.shape, ref.shape)
-            if ref.is_floating_point():
-                assert t.dtype == dtype, (key, t.dtype)
-                assert torch.equal(t.to(ref.dtype), ref), key
-            else:
-                assert torch.equal(t, ref), key
-
-
-def save_weights(out, fname, net, dtype):
-    path = os.path.join(out, fname)
-    if net.kind == "hf":
-        # transformers' own writer: hub names, as a downloaded checkpoint has them
-        with tempfile.TemporaryDirectory() as tmp:
-            net.module.to(dtype).save_pretrained(tmp)
-            net.module.float()
-            shutil.copyfile(os.path.join(tmp, "model.safetensors"), path)
-        check_file_matches(path, net, dtype, hub=True)
-    else:
-        sd = {k: (t.to(dtype) if t.is_floating_point() else t).contiguous()
-              for k, t in mmseg_state_dict(net).items()}
-        safetensors.torch.save_file(sd, path, metadata={"format": "pt"})
-        check_file_matches(path, net, dtype, hub=False)
-    os.chmod(path, 0o644)
-    print(f"  {path}: {os.path.getsize(path)} bytes ({dtype})")
-    return path
-
-
 SELECTED_ENCODER = [
     "backbone.patch_embed1.proj.weight",
     "backbone.patch_embed1.norm.weight",
@@ -942,11 +802,9 @@ SELECTED_DAFORMER = [
 ]
 
 
-def make_weights(kind, name, dims, dtype, block_eps, seed, e=256, cf=256):
-    """dtype None: procedural weights (every value from the generator with `seed`, except
-    what clear_relu_kinks moves, returned as overrides); else random weights rounded to
-    dtype, for a weight file."""
-    rng = rng_for(name)
+def make_weights(kind, dims, block_eps, seed, e=256, cf=256):
+    """Procedural weights: every value from the generator with `seed`, except what
+    clear_relu_kinks moves, returned as overrides."""
     torch.manual_seed(0)  # module construction draws from torch's RNG; all values are replaced
     cfg = hf_config(dims, decoder=e)
     if kind == "hf":
@@ -957,17 +815,11 @@ def make_weights(kind, name, dims, dtype, block_eps, seed, e=256, cf=256):
     net = Net(kind, module)
     set_norm_eps(net, block_eps, 1e-5)
     x = nhwc_to_nchw(gen_values("x", (BATCH, HEIGHT, WIDTH, 3), seed, X_SCALE, 0.0))
-    if dtype is None:
-        table, arrays = init_procedural(net, seed)
-        clear_relu_kinks(net, x, torch.float32)
-        now = to_cluda_layout(net, float_tensors(net))
-        override = {k: now[k] for k in sorted(arrays) if not np.array_equal(now[k], arrays[k])}
-        gen = dict(table=table, override=override)
-    else:
-        init_net(net, rng, dtype, randn(rng, (BATCH, 3, HEIGHT, WIDTH)))
-        clear_relu_kinks(net, x, dtype)
-        gen = dict(table={}, override={})
-    return net, x, gen
+    table, arrays = init_procedural(net, seed)
+    clear_relu_kinks(net, x, torch.float32)
+    now = to_cluda_layout(net, float_tensors(net))
+    override = {k: now[k] for k in sorted(arrays) if not np.array_equal(now[k], arrays[k])}
+    return net, x, dict(table=table, override=override)
 
 
 COT_NAMES = ("r_logits", "r_fused", "r_enc1", "r_enc2", "r_enc3", "r_enc4")
@@ -1047,14 +899,9 @@ def make_case(case, net, x, cot, train, selected):
                 state_after=state_after, zero=zero, scales=scales)
 
 
-def make_fixture(out, name, kind, dims, dtype, block_eps, modes, selected, seed, e=256, cf=256):
-    """Weights (safetensors; none for dtype None, procedural) and the HDF5 fixture of one
-    network."""
-    net, x, gen = make_weights(kind, name, dims, dtype, block_eps, seed, e=e, cf=cf)
-    if dtype is None:
-        wname = "procedural"
-    else:
-        wname = os.path.basename(save_weights(out, f"{name}.safetensors", net, dtype))
+def make_fixture(out, name, kind, dims, block_eps, modes, selected, seed, e=256, cf=256):
+    """The HDF5 fixture of one network with procedural weights."""
+    net, x, gen = make_weights(kind, dims, block_eps, seed, e=e, cf=cf)
     cot, io_table = cotangents(net, x, seed)
     gen["table"] = dict(io_table, **gen["table"])
     gen["seed"] = seed
@@ -1062,9 +909,7 @@ def make_fixture(out, name, kind, dims, dtype, block_eps, modes, selected, seed,
              for mode in modes]
     for c in cases:
         c["name"] = c["name"].split("/")[1]
-    meta = dict(weights=wname,
-                weights_dtype={None: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}[dtype],
-                naming="cluda" if dtype is None else "hf" if kind == "hf" else "mmseg",
+    meta = dict(weights="procedural", weights_dtype="F32", naming="cluda",
                 encoder={32: "b0", 64: "b1"}[dims[0]],
                 head="segformer" if kind == "hf" else "daformer", embed_dims=e, channels=cf,
                 num_classes=NUM_CLASSES, batch=BATCH, height=HEIGHT, width=WIDTH)
@@ -1096,16 +941,16 @@ def main():
 
     # (a) HF B0, HF's own LayerNorm eps (1e-5 everywhere); procedural weights; train + eval
     if "hf_b0" in want:
-        make_fixture(args.out, "hf_b0", "hf", b0, None, 1e-5, ("train", "eval"),
+        make_fixture(args.out, "hf_b0", "hf", b0, 1e-5, ("train", "eval"),
                      {"train": enc + seg + fuse, "eval": enc + seg}, SEEDS["hf_b0"])
     # (b) HF B1, block/stage norms set to mmseg's 1e-6; procedural weights; train
     if "hf_b1" in want:
         b1_sel = enc + ["backbone.block1.0.attn.sr.bias"] + seg + fuse
-        make_fixture(args.out, "hf_b1", "hf", b1, None, 1e-6, ("train",),
+        make_fixture(args.out, "hf_b1", "hf", b1, 1e-6, ("train",),
                      {"train": b1_sel}, SEEDS["hf_b1"])
     # (c) B0 + DAFormer head (E 64, Cf 32), mmseg names; procedural weights; train + eval
     if "daformer_b0" in want:
-        make_fixture(args.out, "daformer_b0", "daformer", b0, None, 1e-6, ("train", "eval"),
+        make_fixture(args.out, "daformer_b0", "daformer", b0, 1e-6, ("train", "eval"),
                      {"train": enc + daf, "eval": enc + daf}, SEEDS["daformer_b0"], e=64,
                      cf=32)
 
