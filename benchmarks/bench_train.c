@@ -134,7 +134,7 @@ static cluda_status run_case(const options *o, const bench_case *c) {
   CLUDA_TRY(load_settings(o, c, (int64_t)iters + warmup, &s, &mc));
   cluda_trainer t;
   double t0 = now_s();
-  CLUDA_TRY(cluda_trainer_init(&t, &s, &mc));
+  CLUDA_TRY(cluda_trainer_init(&t, &s, &mc, NULL));
   double setup = now_s() - t0;
   printf("\n== case %s: %s encoder, E = %d, Cf = %d, %zu parameters, batch %d+%d, crop %dx%d, "
          "data %dx%d, CL %dx%d%s%s%s, FD %s (setup %.1f s)\n",

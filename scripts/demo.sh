@@ -8,7 +8,14 @@
 #
 # Environment: BUILD = the build directory holding bin/ (default build; the script builds
 # nothing itself), DEMO_CONFIG / DEMO_SOURCE_ONLY_CONFIG = other configs, DEMO_SETS = extra
-# `--set KEY=VALUE` overrides for both runs (space-separated; for experiments).
+# `--set KEY=VALUE` overrides for both runs (space-separated; for experiments),
+# DEMO_RANKS = MPI ranks (default 2; 1 = one process without mpirun).
+#
+# Data parallel: the configs' train.batch (2) is the GLOBAL batch; each of DEMO_RANKS ranks
+# trains on 2 / DEMO_RANKS images per domain with BatchNorm synchronised over ranks
+# (model.sync_bn), which computes the same function as one process on 2 images
+# (docs/distributed.md; tests/mpi/test_train_parallel.c). As root, the Open MPI settings it
+# needs (run as root, oversubscription on small machines) are set here.
 #
 # A finished source-only run in WORK_DIR/source_only whose resolved config equals the
 # current one is reused; the CLUDA run always starts afresh. Each run's full output is in
@@ -43,6 +50,22 @@ mkdir -p "$WORK" || die "cannot create work directory $WORK"
 SETS=()
 for s in "${EXTRA_SETS[@]}"; do SETS+=(--set "$s"); done
 
+RANKS=${DEMO_RANKS:-2}
+[[ $RANKS =~ ^[12]$ ]] || die "DEMO_RANKS=$RANKS: the demo's global batch of 2 splits over 1 or 2 ranks"
+LAUNCH=()
+RANK_SETS=()
+if ((RANKS > 1)); then
+  command -v mpirun >/dev/null || die "mpirun not found (Open MPI: scripts/install-deps.sh), or DEMO_RANKS=1"
+  if [[ $(id -u) -eq 0 ]]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  fi
+  # more ranks than cores is fine for the demo; shared memory only, no network probing
+  export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
+  export OMPI_MCA_btl=${OMPI_MCA_btl:-self,vader}
+  LAUNCH=(mpirun -np "$RANKS")
+  RANK_SETS=(--set "train.batch=$((2 / RANKS))" --set model.sync_bn=true)
+fi
+
 # The resolved config of a file (values only, without the "where set" comments).
 resolved() {
   "$INFER" --config "$1" "${SETS[@]}" --print-config | sed 's/  # .*$//'
@@ -67,13 +90,15 @@ train() {
   echo "demo: training $name ($config) in $dir"
   start=$(date +%s)
   set +e
-  "$TRAIN" --config "$config" --work-dir "$dir" "${SETS[@]}" 2>&1 | tee "$dir/train.log" |
+  "${LAUNCH[@]}" "$TRAIN" --config "$config" --work-dir "$dir" "${SETS[@]}" "${RANK_SETS[@]}" 2>&1 |
+    tee "$dir/train.log" |
     grep --line-buffered -E '^(cluda_train|it [0-9]+/[0-9]+ |eval @)'
   status=${PIPESTATUS[0]}
   set -e
   [[ $status -eq 0 ]] || die "training $name failed (exit $status); full log: $dir/train.log"
   echo $(($(date +%s) - start)) >"$dir/demo_seconds"
   resolved "$config" >"$dir/demo_config.yaml"
+  echo "ranks: $RANKS" >>"$dir/demo_config.yaml"
 }
 
 total_start=$(date +%s)
@@ -82,7 +107,7 @@ total_start=$(date +%s)
 SO_DIR=$WORK/source_only
 so_note=""
 if [[ -f $SO_DIR/demo_seconds && -f $SO_DIR/eval.json && -f $SO_DIR/demo_config.yaml ]] &&
-  resolved "$SO_CONFIG" | cmp -s - "$SO_DIR/demo_config.yaml"; then
+  { resolved "$SO_CONFIG"; echo "ranks: $RANKS"; } | cmp -s - "$SO_DIR/demo_config.yaml"; then
   echo "demo: reusing the finished source-only run in $SO_DIR (same config)"
   so_note=" (reused)"
 else

@@ -128,6 +128,13 @@ typedef struct cluda_ckpt_info {
 cluda_status cluda_checkpoint_read_info(const char *path, cluda_ckpt_info *info);
 void cluda_checkpoint_info_free(cluda_ckpt_info *info);
 
+/* Reads the student (teacher = 0) or teacher (teacher = 1) parameters and BN buffers of a
+ * checkpoint into params [model->params.total] and state [model->state.total] (the
+ * evaluation and inference programs accept checkpoints as weights). The architecture and
+ * every table are checked before the buffers are written. */
+cluda_status cluda_checkpoint_load_weights(const char *ckpt_path, const cluda_segmentor *model,
+                                           int teacher, float *params, float *state);
+
 /* Writes the student (teacher = 0) or teacher (teacher = 1) parameters and BN buffers of a
  * checkpoint as a cluda weight file (cluda_weights_save_h5) for cluda_infer. */
 cluda_status cluda_checkpoint_export_weights(const char *ckpt_path, const cluda_segmentor *model,

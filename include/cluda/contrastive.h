@@ -149,6 +149,39 @@ cluda_status cluda_contrastive_backward(
     cluda_tensor *d_anchors, cluda_tensor *d_contrast, cluda_tensor *d_anchor_weights,
     cluda_tensor *d_contrast_weights);
 
+/* ---- data parallel: this rank's rows against the global batch (decisions.md 14) ---- */
+
+/* Buffers of cluda_contrastive_rows_step for M rows of D dims on W ranks (caller-owned; the
+ * gathered ones only when the scope is global and W > 1, else they may be NULL). */
+typedef struct cluda_contrastive_buffers {
+  float *stats;        /* [M, CLUDA_CL_STATS_COLS] */
+  float *d_anchors;    /* [M, D] */
+  float *all_rows;     /* [W M, D] */
+  float *all_drows;    /* [W M, D] */
+  float *all_weights;  /* [W M] (ref_pair_weight with weights only) */
+  uint8_t *all_labels; /* [W M] */
+} cluda_contrastive_buffers;
+
+/* Forward and backward of the loss of this rank's rows [M, D] (L2-normalised), labels [M] and
+ * anchor weights [M] (NULL: all 1; with ref_pair_weight they are also the contrast weights):
+ *  - global = 1 and comm->size > 1: the contrast set is every rank's rows, labels (and pair
+ *    weights), all-gathered rank-major; this rank's anchors are its block (self_offset =
+ *    rank M). The gradient of this rank's rows through the contrast side is the reduce-scatter
+ *    (SUM) of every rank's gradient w.r.t. the gathered rows (systems.md 2.2), to which the
+ *    anchor-side gradient is added;
+ *  - otherwise: the contrast set is this rank's own rows (one process, or cl.scope local).
+ * Every rank normalises by M (p->mean_count is ignored), so with equal M on every rank the
+ * AVERAGE of the ranks' *loss equals the loss of the whole global batch in one process, and
+ * d_rows [M, D] (overwritten) is d(sum over ranks of *loss)/d(rows) — exactly what the
+ * all-reduce average of parameter gradients needs. p->self_offset is ignored. Collective when
+ * global and comm->size > 1. */
+cluda_status cluda_contrastive_rows_step(cluda_ctx *ctx, struct cluda_comm *comm,
+                                         const cluda_contrastive_params *p, int global,
+                                         const cluda_tensor *rows, const cluda_tensor *labels,
+                                         const cluda_tensor *weights,
+                                         const cluda_contrastive_buffers *buf, double *loss,
+                                         cluda_tensor *d_rows);
+
 #ifdef __cplusplus
 }
 #endif

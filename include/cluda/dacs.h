@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "cluda/arena.h"
+#include "cluda/labels.h"
 #include "cluda/rng.h"
 #include "cluda/status.h"
 #include "cluda/tensor.h"
@@ -33,9 +34,6 @@ enum {
   CLUDA_DACS_SLOT_JITTER = 2,   /* draws 2 i, 2 i + 1: factors and order of sample i */
   CLUDA_DACS_SLOT_BLUR = 3      /* draw i: sigma of sample i */
 };
-
-/* The ignore label of every label map here. */
-enum { CLUDA_IGNORE_LABEL = 255 };
 
 /* ---- pseudo-labels and the confidence weight (1.4, 1.5) ---- */
 
@@ -68,11 +66,15 @@ cluda_status cluda_dacs_batch_classes(const cluda_tensor *labels, uint8_t presen
 
 /* ClassMix masks: C = the classes of the WHOLE batch of source labels (the DACS quirk; 255
  * counts when present); for each sample i, (n + n mod 2) / 2 of the n classes are drawn
- * uniformly without replacement (draws of slot CLUDA_DACS_SLOT_CLASSMIX) and mask u8 [B,H,W]
- * = 1 where src_labels[i] is a chosen class, else 0. chosen u8 [B,256] (may be NULL)
- * receives 1 for the classes chosen for each sample. */
-cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, cluda_rng_key key,
-                                       cluda_tensor *mask, cluda_tensor *chosen);
+ * uniformly without replacement (draws of slot CLUDA_DACS_SLOT_CLASSMIX, at the draw indices
+ * of sample first_sample + i) and mask u8 [B,H,W] = 1 where src_labels[i] is a chosen class,
+ * else 0. batch_classes (256 flags, may be NULL) replaces the classes of src_labels: data
+ * parallel training passes the classes of the GLOBAL batch (the flags all-reduced with max)
+ * and first_sample = rank * B, so the masks do not depend on how ranks split the batch.
+ * chosen u8 [B,256] (may be NULL) receives 1 for the classes chosen for each sample. */
+cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, const uint8_t *batch_classes,
+                                       cluda_rng_key key, uint64_t first_sample, cluda_tensor *mask,
+                                       cluda_tensor *chosen);
 
 /* Mixes by mask u8 [B,H,W] (nonzero = source): each output is M src + (1 - M) tgt.
  * Images f32 [B,H,W,C] (normalised, before jitter), labels u8 [B,H,W] (target = pseudo
@@ -170,11 +172,14 @@ typedef struct cluda_dacs_aug_record {
 } cluda_dacs_aug_record;
 
 /* Colour jitter then blur of mixed images img f32 [B,H,W,3] in place, with the coins and
- * per-sample draws of the CLUDA_RNG_AUGMENT stream of (seed, rank, iteration). record may be
- * NULL. */
+ * per-sample draws of the CLUDA_RNG_AUGMENT stream of (seed, iteration) (key rank word 0):
+ * the coins are one per iteration for the whole global batch, and sample i uses the draws of
+ * sample first_sample + i (data parallel: rank * B), so the result does not depend on how
+ * ranks split the batch. record may be NULL. */
 cluda_status cluda_dacs_strong_augment(const cluda_dacs_aug_config *cfg, uint64_t seed,
-                                       uint32_t rank, uint32_t iteration, cluda_arena *scratch,
-                                       cluda_tensor *img, cluda_dacs_aug_record *record);
+                                       uint32_t first_sample, uint32_t iteration,
+                                       cluda_arena *scratch, cluda_tensor *img,
+                                       cluda_dacs_aug_record *record);
 
 /* ---- Rare Class Sampling (2) ---- */
 

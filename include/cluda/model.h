@@ -18,6 +18,9 @@ typedef struct cluda_run_mode {
   int bn_batch_stats;
   /* Base key of the dropout / drop-path draws; layer k draws from slot k of it. */
   cluda_rng_key key;
+  /* Global index of this batch's first sample (data parallel: rank * batch; 0 in one
+   * process): the masks of a global batch are the same however ranks split it. */
+  uint64_t first_sample;
 } cluda_run_mode;
 
 #ifdef __cplusplus

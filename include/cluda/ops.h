@@ -25,6 +25,7 @@ extern "C" {
 #endif
 
 struct cluda_backend;
+struct cluda_comm;
 
 /* What an op runs with: the backend table, a scratch arena (im2col buffers etc.; ops
  * release what they take before returning) and the backend's device state (stream and
@@ -33,6 +34,12 @@ typedef struct cluda_ctx {
   const struct cluda_backend *backend;
   cluda_arena *scratch;
   void *device;
+  /* SyncBatchNorm: when set and of more than one rank, batchnorm in training takes its
+   * statistics over the global batch (every rank's N*H*W values, summed with
+   * cluda_comm_allreduce) and its backward sums the dx terms the same way, so every rank
+   * must make the same batchnorm calls with the same C. NULL (the default): per-rank
+   * statistics. dgamma / dbeta stay this rank's share either way. */
+  struct cluda_comm *bn_sync;
 } cluda_ctx;
 
 /* ---- elementwise activations (any shape) ---- */
@@ -192,7 +199,10 @@ typedef enum cluda_dropout_mode {
 typedef struct cluda_dropout_params {
   float p; /* drop probability in [0, 1); p = 0 copies x and sets the mask to ones */
   cluda_dropout_mode mode;
-  cluda_rng_key key; /* draw i of this stream decides mask element i (keep iff u >= p) */
+  cluda_rng_key key;     /* draw first_sample * per_sample + i decides mask element i (keep iff
+                            u >= p; per_sample = mask elements per sample) */
+  uint64_t first_sample; /* global index of sample 0 (data parallel: rank * batch), so the
+                            masks of a global batch do not depend on how ranks split it */
 } cluda_dropout_params;
 /* mask (u8) receives 1 for kept, 0 for dropped units */
 typedef cluda_status cluda_dropout_forward_fn(cluda_ctx *ctx, const cluda_dropout_params *p,

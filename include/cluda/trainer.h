@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "cluda/arena.h"
+#include "cluda/comm.h"
 #include "cluda/config.h"
 #include "cluda/contrastive.h"
 #include "cluda/dacs.h"
@@ -50,11 +51,19 @@ typedef struct cluda_train_settings {
   int cl_mix_weighted;
   int cl_ref_row_order;        /* cl.ref_row_order: the reference's row pairing (decisions.md 9) */
   cluda_contrastive_params cl; /* tau, weight, pairs, thing classes, ref_* options */
+  int cl_scope_global; /* cl.scope: contrast against the whole global batch (decisions.md 14) */
+  /* data parallel */
+  int ref_local_gamma; /* uda.ref_local_gamma: Gamma from this rank's pixels (decisions.md 10) */
+  int sync_bn;         /* model.sync_bn: BatchNorm statistics over all ranks (decisions.md 22) */
+  int64_t replica_check_interval; /* train.replica_check_interval: parameter fingerprints */
   /* optimizer and schedule */
+  cluda_lr_scaling lr_scaling; /* optim.lr_scaling, applied by the trainer for the global batch */
   cluda_adamw_config adamw;
   cluda_lr_schedule schedule;
   double grad_clip;
   /* data */
+  int source_synthetic, target_synthetic;      /* data.source / data.target are the built-in scenes;
+                                                  otherwise the caller attaches cluda_sample_sources */
   cluda_synth_config source_data, target_data; /* size, seed, gap; domain set */
   int train_images, val_images;
   int rcs;
@@ -107,9 +116,26 @@ typedef enum cluda_train_stage {
 /* Short name of a stage ("ema", "data", "src_fwd", ...), or "?" out of range. */
 const char *cluda_train_stage_name(int stage);
 
+/* A source of training samples other than the built-in synthetic scenes (the datasets on
+ * disk: include/cluda/loader.h). get fills the `batch` samples of this rank for an iteration:
+ * images [batch, crop_h, crop_w, 3] normalised f32, labels [batch, crop_h, crop_w] train ids. */
+typedef struct cluda_sample_source {
+  void *ctx;
+  cluda_status (*get)(void *ctx, int64_t iteration, float *images, uint8_t *labels);
+} cluda_sample_source;
+
 /* The trainer: model, the three parameter copies, optimizer, planned buffers. */
 typedef struct cluda_trainer {
   cluda_train_settings s;
+  /* Data parallelism (include/cluda/comm.h): every rank runs this same step on its own
+   * `batch` images; comm->size == 1 is one process. first_sample = rank * batch is the global
+   * index of this rank's first image: data, augmentation and dropout draws are keyed by the
+   * global index, so the global batch is the same however it is split over ranks. */
+  cluda_comm *comm;
+  cluda_comm self_comm; /* used when init is given no communicator */
+  uint64_t first_sample;
+  /* Optional data sources (NULL get: the synthetic scenes of settings->source_data/target_data). */
+  cluda_sample_source source, target;
   cluda_segmentor model;
   int model_created;
   float *student, *teacher, *imnet; /* params (imnet: frozen initial encoder, FD only) */
@@ -134,14 +160,31 @@ typedef struct cluda_trainer {
 } cluda_trainer;
 
 /* Builds the network from model_cfg, initialises student (= teacher = ImageNet copy) from
- * settings->seed, plans all buffers. On failure everything is released. */
+ * settings->seed, plans all buffers. comm: the job's communicator (NULL: one process); it must
+ * outlive the trainer. The lr is scaled for the global batch (optim.lr_scaling). On failure
+ * everything is released. Collective when comm has several ranks. */
 cluda_status cluda_trainer_init(cluda_trainer *t, const cluda_train_settings *settings,
-                                const cluda_segmentor_config *model_cfg);
+                                const cluda_segmentor_config *model_cfg, cluda_comm *comm);
+
+/* After pretrained weights were loaded into t->student / t->student_state: the teacher, the
+ * frozen ImageNet copy of the FD term and the teacher's BN buffers become the student's (the
+ * reference deep-copies the initial student). Before the first step only. */
+cluda_status cluda_trainer_adopt_student(cluda_trainer *t);
+
+/* Makes every rank's replicated state rank 0's: parameters, BN buffers, AdamW moments and
+ * step, the iteration. Call after init and after rank 0 loaded a checkpoint. Collective. */
+cluda_status cluda_trainer_broadcast_state(cluda_trainer *t);
+
+/* Fails naming the first rank whose student parameters, BN buffers or AdamW moments differ
+ * from rank 0's (fingerprints; train.replica_check_interval runs it inside the step).
+ * Collective. */
+cluda_status cluda_trainer_check_replicas(cluda_trainer *t);
 void cluda_trainer_free(cluda_trainer *t);
 
 /* Runs iteration t->iteration and advances it. A non-finite loss term or gradient stops the
  * step before the optimizer (parameters untouched) with an error naming the iteration and
- * the term. stats may be NULL. */
+ * the term. stats may be NULL; its losses are the global batch's (averaged over ranks).
+ * Collective: every rank calls it for the same iteration. */
 cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats);
 
 /* cl.ref_row_order (decisions.md 9, algorithm.md 6.3): the reference flattens the [B, N, D]

@@ -15,7 +15,9 @@
 #include <time.h>
 
 #include "cluda/arena.h"
+#include "cluda/checkpoint.h"
 #include "cluda/config.h"
+#include "cluda/eval.h"
 #include "cluda/segmentor.h"
 #include "cluda/weights.h"
 
@@ -90,6 +92,16 @@ static inline cluda_status app_load_config(cluda_config *cfg, const char *path,
   return cluda_ok();
 }
 
+/* eval.num_classes_protocol: 19 (all classes), 16 or 13 (SYNTHIA conventions). */
+static inline cluda_status app_read_protocol(const cluda_config *cfg,
+                                             cluda_eval_protocol *protocol) {
+  const char *proto = NULL;
+  CLUDA_TRY(cluda_config_get_string(cfg, "eval.num_classes_protocol", &proto));
+  int p = atoi(proto);
+  *protocol = p == 16 ? CLUDA_PROTOCOL_16 : p == 13 ? CLUDA_PROTOCOL_13 : CLUDA_PROTOCOL_ALL;
+  return cluda_ok();
+}
+
 /* ---- the network and its weights ---- */
 
 typedef struct app_model {
@@ -151,6 +163,43 @@ static inline const char *app_naming_name(cluda_naming naming) {
   return "?";
 }
 
+/* Loads a weight file into params/state of seg, whatever its kind: a cluda_train checkpoint
+ * (its student, the evaluated model: decisions.md 20), cluda's HDF5 weight file, or a
+ * safetensors file (mmseg/DAFormer, NVlabs or Hugging Face naming; with allow_missing_head the
+ * decode head may be absent and keeps its values). Prints one line starting with `who`. */
+static inline cluda_status app_load_weight_file(const char *path, const cluda_segmentor *seg,
+                                                float *params, float *state, int allow_missing_head,
+                                                const char *who) {
+  app_weight_format format = APP_WEIGHTS_SAFETENSORS;
+  CLUDA_TRY(app_detect_weight_format(path, &format));
+  if (format == APP_WEIGHTS_HDF5) {
+    cluda_ckpt_info info;
+    memset(&info, 0, sizeof info);
+    if (cluda_checkpoint_read_info(path, &info).code == CLUDA_OK) {
+      const long long iteration = (long long)info.iteration;
+      cluda_checkpoint_info_free(&info);
+      CLUDA_TRY(cluda_checkpoint_load_weights(path, seg, 0, params, state));
+      printf("%s: %s (the student of a cluda_train checkpoint, iteration %lld)\n", who, path,
+             iteration);
+      return cluda_ok();
+    }
+    CLUDA_TRY(cluda_weights_load_h5(path, seg, params, state));
+    printf("%s: %s (cluda HDF5)\n", who, path);
+    return cluda_ok();
+  }
+  cluda_load_options load = {CLUDA_NAMING_AUTO, allow_missing_head};
+  cluda_load_report report;
+  memset(&report, 0, sizeof report);
+  CLUDA_TRY(cluda_load_safetensors(path, seg, params, state, &load, &report));
+  printf("%s: %s (safetensors, %s naming): %d tensors loaded, %d ignored", who, path,
+         app_naming_name(report.naming), report.loaded, report.ignored);
+  if (report.missing_head)
+    printf("; %d decode-head tensors missing, kept from the random initialisation",
+           report.missing_head);
+  printf("\n");
+  return cluda_ok();
+}
+
 /* Random initialisation from seed, then the weight file when one is given (a file of
  * another architecture fails with the loader's message naming the file). */
 static inline cluda_status app_model_load_weights(app_model *m, const char *weights_path,
@@ -160,24 +209,8 @@ static inline cluda_status app_model_load_weights(app_model *m, const char *weig
     printf("weights: none given; random initialisation from seed %llu\n", (unsigned long long)seed);
     return cluda_ok();
   }
-  app_weight_format format = APP_WEIGHTS_SAFETENSORS;
-  CLUDA_TRY(app_detect_weight_format(weights_path, &format));
-  if (format == APP_WEIGHTS_HDF5) {
-    CLUDA_TRY(cluda_weights_load_h5(weights_path, &m->seg, m->params, m->state));
-    printf("weights: %s (cluda HDF5)\n", weights_path);
-    return cluda_ok();
-  }
-  cluda_load_options load = {CLUDA_NAMING_AUTO, allow_missing_head};
-  cluda_load_report report;
-  memset(&report, 0, sizeof report);
-  CLUDA_TRY(cluda_load_safetensors(weights_path, &m->seg, m->params, m->state, &load, &report));
-  printf("weights: %s (safetensors, %s naming): %d tensors loaded, %d ignored", weights_path,
-         app_naming_name(report.naming), report.loaded, report.ignored);
-  if (report.missing_head)
-    printf("; %d decode-head tensors missing, kept from the random initialisation (seed %llu)",
-           report.missing_head, (unsigned long long)seed);
-  printf("\n");
-  return cluda_ok();
+  return app_load_weight_file(weights_path, &m->seg, m->params, m->state, allow_missing_head,
+                              "weights");
 }
 
 /* The network of the config's model.* keys, its summary line, and its weights. `who`

@@ -739,21 +739,19 @@ cluda_status cluda_checkpoint_find_latest(const char *work_dir, char *path_out, 
   return cluda_ok();
 }
 
-cluda_status cluda_checkpoint_export_weights(const char *ckpt_path, const cluda_segmentor *model,
-                                             int teacher, const char *weights_path) {
-  CLUDA_REQUIRE(ckpt_path != NULL && model != NULL && weights_path != NULL, CLUDA_ERR_ARG,
-                "checkpoint_export: NULL argument");
-  const char *op = "checkpoint_export";
+cluda_status cluda_checkpoint_load_weights(const char *ckpt_path, const cluda_segmentor *model,
+                                           int teacher, float *params, float *state) {
+  CLUDA_REQUIRE(ckpt_path != NULL && model != NULL && params != NULL &&
+                    (state != NULL || model->state.total == 0),
+                CLUDA_ERR_ARG, "checkpoint_load_weights: NULL argument");
+  const char *op = "checkpoint_load_weights";
   hid_t file;
   CLUDA_TRY(open_checkpoint(ckpt_path, op, &file));
-  float *params = calloc(model->params.total ? model->params.total : 1, sizeof(float));
-  float *state = calloc(model->state.total ? model->state.total : 1, sizeof(float));
   char gp[32], gs[32];
   snprintf(gp, sizeof gp, "%s/params", teacher ? "teacher" : "student");
   snprintf(gs, sizeof gs, "%s/state", teacher ? "teacher" : "student");
-  cluda_status s = cluda_ok();
-  if (!params || !state) s = CLUDA_FAIL(CLUDA_ERR_ALLOC, "%s: out of memory", op);
-  if (s.code == CLUDA_OK) s = cluda_h5_check_architecture(file, op, ckpt_path, model);
+  cluda_status s = cluda_h5_check_architecture(file, op, ckpt_path, model);
+  /* pass 0 checks every name and shape, pass 1 reads: a mismatch writes nothing */
   for (int read = 0; read < 2; read++) {
     if (s.code == CLUDA_OK)
       s = cluda_h5_visit_table(file, gp, &model->params, params, read, op, ckpt_path, NULL);
@@ -761,6 +759,20 @@ cluda_status cluda_checkpoint_export_weights(const char *ckpt_path, const cluda_
       s = cluda_h5_visit_table(file, gs, &model->state, state, read, op, ckpt_path, NULL);
   }
   H5Fclose(file);
+  return s;
+}
+
+cluda_status cluda_checkpoint_export_weights(const char *ckpt_path, const cluda_segmentor *model,
+                                             int teacher, const char *weights_path) {
+  CLUDA_REQUIRE(ckpt_path != NULL && model != NULL && weights_path != NULL, CLUDA_ERR_ARG,
+                "checkpoint_export: NULL argument");
+  float *params = calloc(model->params.total ? model->params.total : 1, sizeof(float));
+  float *state = calloc(model->state.total ? model->state.total : 1, sizeof(float));
+  cluda_status s = params && state
+                       ? cluda_ok()
+                       : CLUDA_FAIL(CLUDA_ERR_ALLOC, "checkpoint_export: out of memory");
+  if (s.code == CLUDA_OK)
+    s = cluda_checkpoint_load_weights(ckpt_path, model, teacher, params, state);
   if (s.code == CLUDA_OK) s = cluda_weights_save_h5(weights_path, model, params, state);
   free(params);
   free(state);

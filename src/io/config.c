@@ -56,6 +56,14 @@ static const cluda_config_key registry[] = {
     {"model.dilations", F_INT_LIST, "[1, 6, 12, 18]", 1, 64, 0, NULL, 4, 4,
      "Dilations of the DAFormer ASPP branches; the first branch is the 1x1 one and must be 1. "
      "Ignored by the SegFormer head."},
+    {"model.pretrained", CLUDA_CONFIG_STRING, "\"\"", 0, 0, 0, NULL, 0, 0,
+     "Weights a fresh cluda_train run starts from: a safetensors file (ImageNet MiT encoder in "
+     "NVlabs or Hugging Face naming, e.g. mit_b5; the decode head keeps its random init, or a "
+     "whole mmseg/DAFormer segmentor) or cluda's HDF5 weight file. The teacher and the frozen "
+     "FD encoder start from the same weights. Empty: random initialisation from the seed."},
+    {"model.sync_bn", CLUDA_CONFIG_BOOL, "false", 0, 0, 0, NULL, 0, 0,
+     "BatchNorm batch statistics over the images of all ranks (SyncBN) instead of each rank's "
+     "own (decisions.md 22); identical with one process."},
     /* ---- training keys (src/train/trainer.c) ---- */
     {"train.max_iters", F_INT, "40000", 1, 100000000, 0, NULL, 0, 0,
      "Iterations of the run; also the end of the poly learning-rate schedule (algorithm.md 4.2). "
@@ -72,6 +80,9 @@ static const cluda_config_key registry[] = {
      "(0: only at the end)."},
     {"train.source_ce", CLUDA_CONFIG_BOOL, "true", 0, 0, 0, NULL, 0, 0,
      "Supervised cross-entropy on the source crop (turn off only for ablations and tests)."},
+    {"train.replica_check_interval", F_INT, "100", 0, 1000000000, 0, NULL, 0, 0,
+     "Every this many iterations the ranks compare fingerprints of their parameters and stop "
+     "if they differ (0: never); free with one process."},
     {"uda.enabled", CLUDA_CONFIG_BOOL, "true", 0, 0, 0, NULL, 0, 0,
      "Self-training on the target domain: EMA teacher, pseudo-labels, ClassMix and the mixed "
      "cross-entropy (false = source-only training; the mixed CL then needs no switch)."},
@@ -157,10 +168,37 @@ static const cluda_config_key registry[] = {
      "How the base lr follows the global batch relative to 2 (decisions.md 21)."},
     {"optim.grad_clip", F_FLOAT, "0", 0, 0, CLUDA_CONFIG_NO_MAX, NULL, 0, 0,
      "Global gradient-norm clipping (0: off, as the reference)."},
-    {"data.source", F_ENUM, "synthetic", 0, 0, 0, "synthetic", 0, 0,
-     "Source data set: synthetic = the built-in procedural street scenes (source style)."},
-    {"data.target", F_ENUM, "synthetic", 0, 0, 0, "synthetic", 0, 0,
-     "Target data set: synthetic = the built-in procedural street scenes (target style)."},
+    {"data.source", F_ENUM, "synthetic", 0, 0, 0, "synthetic|gta|synthia", 0, 0,
+     "Source data set: synthetic = the built-in procedural street scenes (source style); gta = "
+     "GTA5, synthia = SYNTHIA RAND-CITYSCAPES in the layouts of docs/datasets.md (labels "
+     "converted with cluda_data convert)."},
+    {"data.target", F_ENUM, "synthetic", 0, 0, 0, "synthetic|cityscapes", 0, 0,
+     "Target data set: synthetic = the built-in scenes (target style); cityscapes = the "
+     "Cityscapes train split for training and its val split for the periodic evaluation."},
+    {"data.source_root", CLUDA_CONFIG_STRING, "\"\"", 0, 0, 0, NULL, 0, 0,
+     "Root of the source data set; empty: data/gta or data/synthia (as the DAFormer configs)."},
+    {"data.target_root", CLUDA_CONFIG_STRING, "\"\"", 0, 0, 0, NULL, 0, 0,
+     "Root of the target data set; empty: data/cityscapes."},
+    {"data.source_scale", F_INT_LIST, "[0, 0]", 0, 16384, 0, NULL, 2, 2,
+     "Keep-ratio resize of source images to fit [long, short] before cropping (mmcv imrescale, "
+     "algorithm.md 4.3); [0, 0]: the DAFormer value of the data set (GTA [1280, 720], SYNTHIA "
+     "[1280, 760])."},
+    {"data.target_scale", F_INT_LIST, "[0, 0]", 0, 16384, 0, NULL, 2, 2,
+     "Keep-ratio resize of target images; [0, 0]: the DAFormer value (Cityscapes [1024, 512])."},
+    {"data.cat_max_ratio", F_FLOAT, "0.75", 0, 1, CLUDA_CONFIG_MIN_EXCLUSIVE, NULL, 0, 0,
+     "Source crops are redrawn (up to 10 times) while one class covers this fraction of the "
+     "labelled pixels or only one class is present (mmseg RandomCrop); 1 disables it."},
+    {"data.rcs_min_crop_ratio", F_FLOAT, "0.5", 0, 0, CLUDA_CONFIG_NO_MAX, NULL, 0, 0,
+     "RCS re-crop threshold on data sets: the crop must hold more than rcs_min_pixels x this "
+     "many pixels of the drawn class (DAFormer 0.5, HRDA 2.0; 0: no re-crop)."},
+    {"data.workers", F_INT, "2", 0, 64, 0, NULL, 0, 0,
+     "Background loader threads per rank decoding and augmenting data sets ahead of the "
+     "step; 0: load in the training thread."},
+    {"data.prefetch", F_INT, "2", 1, 64, 0, NULL, 0, 0,
+     "Iterations the loader keeps ready ahead of the step."},
+    {"data.on_error", F_ENUM, "error", 0, 0, 0, "error|skip", 0, 0,
+     "A bad sample (unreadable PNG, missing or mismatched label): error = stop naming the "
+     "file; skip = warn, draw another image and count it in the log."},
     {"data.seed", F_INT, "0", 0, 0, CLUDA_CONFIG_NO_MAX, NULL, 0, 0,
      "Seed of the synthetic data set (which scenes exist), independent of the run seed."},
     {"data.size", F_INT_LIST, "[512, 512]", 32, 16384, 0, NULL, 2, 2,
@@ -202,6 +240,10 @@ static const cluda_config_key registry[] = {
     {"eval.stride", F_INT_LIST, "[512, 512]", 1, 16384, 0, NULL, 2, 2,
      "Sliding-window step [height, width] (slide mode); the last window is shifted back to "
      "end at the image border."},
+    {"eval.scale", F_INT_LIST, "[1024, 512]", 0, 16384, 0, NULL, 2, 2,
+     "Test resize (mmcv imrescale, cv2 bilinear): each image is scaled keeping its aspect "
+     "ratio to fit [long, short] sides (DAFormer: [1024, 512]; HRDA: [2048, 1024]); the "
+     "scores are upsampled bilinearly to the label size before the argmax. [0, 0]: no resize."},
     {"eval.num_classes_protocol", F_ENUM, "19", 0, 0, 0, "19|16|13", 0, 0,
      "mIoU protocol: 19 Cityscapes classes; 16 = SYNTHIA without terrain, truck and train; 13 "
      "= also without wall, fence and pole. 16 adds mIoU16 to the report, 13 both; all come "

@@ -1,5 +1,5 @@
-/* Evaluation: confusion matrix, mIoU protocols, reports, and whole / sliding-window
- * prediction of one image (see cluda/eval.h for the semantics). */
+/* Evaluation: confusion matrix, mIoU protocols, reports, the test-time resize, and whole /
+ * sliding-window prediction of one image (see cluda/eval.h for the semantics). */
 #include "cluda/eval.h"
 
 #include <math.h>
@@ -19,7 +19,11 @@ cluda_status cluda_confusion_create(cluda_confusion *cm, int num_classes) {
                 "confusion_create: num_classes must be in [1, %d], got %d", CLUDA_EVAL_MAX_CLASSES,
                 num_classes);
   cm->counts = calloc((size_t)num_classes * (size_t)num_classes, sizeof(int64_t));
-  CLUDA_REQUIRE(cm->counts != NULL, CLUDA_ERR_ALLOC, "confusion_create: out of memory");
+  cm->no_class = calloc((size_t)num_classes, sizeof(int64_t));
+  if (!cm->counts || !cm->no_class) {
+    cluda_confusion_free(cm);
+    return CLUDA_FAIL(CLUDA_ERR_ALLOC, "confusion_create: out of memory");
+  }
   cm->num_classes = num_classes;
   return cluda_ok();
 }
@@ -27,12 +31,14 @@ cluda_status cluda_confusion_create(cluda_confusion *cm, int num_classes) {
 void cluda_confusion_free(cluda_confusion *cm) {
   if (!cm) return;
   free(cm->counts);
+  free(cm->no_class);
   memset(cm, 0, sizeof *cm);
 }
 
 void cluda_confusion_reset(cluda_confusion *cm) {
-  if (cm && cm->counts)
-    memset(cm->counts, 0, sizeof(int64_t) * (size_t)cm->num_classes * (size_t)cm->num_classes);
+  if (!cm || !cm->counts) return;
+  memset(cm->counts, 0, sizeof(int64_t) * (size_t)cm->num_classes * (size_t)cm->num_classes);
+  memset(cm->no_class, 0, sizeof(int64_t) * (size_t)cm->num_classes);
 }
 
 cluda_status cluda_confusion_add(cluda_confusion *cm, const uint8_t *pred, const uint8_t *label,
@@ -47,12 +53,18 @@ cluda_status cluda_confusion_add(cluda_confusion *cm, const uint8_t *pred, const
                   "confusion_add: label %d at pixel %zu is neither a class below %d nor 255 "
                   "(ignore)",
                   label[i], i, k);
-    CLUDA_REQUIRE(pred[i] < k, CLUDA_ERR_ARG,
-                  "confusion_add: prediction %d at pixel %zu is not a class below %d", pred[i], i,
-                  k);
+    CLUDA_REQUIRE(pred[i] < k || pred[i] == CLUDA_NO_CLASS, CLUDA_ERR_ARG,
+                  "confusion_add: prediction %d at pixel %zu is neither a class below %d nor 255 "
+                  "(no class)",
+                  pred[i], i, k);
   }
-  for (size_t i = 0; i < n; i++)
-    if (label[i] != CLUDA_IGNORE_LABEL) cm->counts[(size_t)label[i] * (size_t)k + pred[i]]++;
+  for (size_t i = 0; i < n; i++) {
+    if (label[i] == CLUDA_IGNORE_LABEL) continue;
+    if (pred[i] == CLUDA_NO_CLASS)
+      cm->no_class[label[i]]++;
+    else
+      cm->counts[(size_t)label[i] * (size_t)k + pred[i]]++;
+  }
   return cluda_ok();
 }
 
@@ -65,6 +77,8 @@ cluda_status cluda_confusion_merge(cluda_confusion *dst, const cluda_confusion *
   size_t n = (size_t)dst->num_classes * (size_t)dst->num_classes;
   for (size_t i = 0; i < n; i++)
     dst->counts[i] += src->counts[i];
+  for (int c = 0; c < dst->num_classes; c++)
+    dst->no_class[c] += src->no_class[c];
   return cluda_ok();
 }
 
@@ -104,7 +118,7 @@ cluda_status cluda_seg_metrics_compute(const cluda_confusion *cm, cluda_eval_pro
   memset(out, 0, sizeof *out);
   int64_t correct = 0;
   for (int c = 0; c < k; c++) {
-    int64_t tp = cm->counts[(size_t)c * k + c], label_area = 0, pred_area = 0;
+    int64_t tp = cm->counts[(size_t)c * k + c], label_area = cm->no_class[c], pred_area = 0;
     for (int j = 0; j < k; j++) {
       label_area += cm->counts[(size_t)c * k + j];
       pred_area += cm->counts[(size_t)j * k + c];
@@ -117,6 +131,7 @@ cluda_status cluda_seg_metrics_compute(const cluda_confusion *cm, cluda_eval_pro
     out->intersection[i] = tp;
     out->label_area[i] = label_area;
     out->pred_area[i] = pred_area;
+    out->no_class[i] = cm->no_class[c];
     out->union_[i] = label_area + pred_area - tp;
     out->iou[i] = out->union_[i] ? (double)tp / (double)out->union_[i] : NAN;
     out->acc[i] = label_area ? (double)tp / (double)label_area : NAN;
@@ -267,9 +282,10 @@ cluda_status cluda_eval_write_json(const cluda_confusion *cm, cluda_eval_protoco
       json_number(out, all->acc[i]);
       fprintf(out,
               ", \"intersection\": %lld, \"union\": %lld, \"label_pixels\": %lld, "
-              "\"pred_pixels\": %lld}",
+              "\"pred_pixels\": %lld, \"no_class_pixels\": %lld}",
               (long long)all->intersection[i], (long long)all->union_[i],
-              (long long)all->label_area[i], (long long)all->pred_area[i]);
+              (long long)all->label_area[i], (long long)all->pred_area[i],
+              (long long)all->no_class[i]);
     }
     fputs("]}\n", out);
     if (ferror(out)) s = CLUDA_FAIL(CLUDA_ERR_IO, "eval_write_json: write failed");
@@ -358,6 +374,7 @@ void cluda_predictor_free(cluda_predictor *p) {
   release_window(p);
   free(p->canvas);
   free(p->count);
+  free(p->output);
   memset(p, 0, sizeof *p);
 }
 
@@ -399,6 +416,17 @@ static cluda_status ensure_canvas(cluda_predictor *p, size_t pixels) {
   return cluda_ok();
 }
 
+static cluda_status ensure_output(cluda_predictor *p, size_t pixels) {
+  if (pixels <= p->output_pixels) return cluda_ok();
+  free(p->output);
+  p->output_pixels = 0;
+  p->output = alloc_aligned(pixels * (size_t)p->model->cfg.head.num_classes * sizeof(float));
+  CLUDA_REQUIRE(p->output, CLUDA_ERR_ALLOC, "predict: cannot allocate the %zu-pixel output scores",
+                pixels);
+  p->output_pixels = pixels;
+  return cluda_ok();
+}
+
 /* Forward of the window in p->window_x; logits upsampled into `up` [win_h, win_w, K]. */
 static cluda_status forward_window(cluda_predictor *p, float *up) {
   int h = p->plan_h, w = p->plan_w, classes = p->model->cfg.head.num_classes;
@@ -416,9 +444,16 @@ static cluda_status forward_window(cluda_predictor *p, float *up) {
 
 cluda_status cluda_predictor_run(cluda_predictor *p, const float *x, int height, int width,
                                  uint8_t *labels) {
+  return cluda_predictor_run_to(p, x, height, width, height, width, labels);
+}
+
+cluda_status cluda_predictor_run_to(cluda_predictor *p, const float *x, int height, int width,
+                                    int out_height, int out_width, uint8_t *labels) {
   CLUDA_REQUIRE(p && p->model && x && labels, CLUDA_ERR_ARG, "predict: NULL argument");
   CLUDA_REQUIRE(height > 0 && width > 0 && height <= 65536 && width <= 65536, CLUDA_ERR_ARG,
                 "predict: bad image size %dx%d", width, height);
+  CLUDA_REQUIRE(out_height > 0 && out_width > 0 && out_height <= 65536 && out_width <= 65536,
+                CLUDA_ERR_ARG, "predict: bad output size %dx%d", out_width, out_height);
   const cluda_infer_settings *st = &p->settings;
   cluda_slide_grid grid;
   if (st->mode == CLUDA_INFER_SLIDE)
@@ -468,12 +503,63 @@ cluda_status cluda_predictor_run(cluda_predictor *p, const float *x, int height,
         scores[k] /= n;
     }
   }
-  for (size_t q = 0; q < pixels; q++) {
-    const float *scores = p->canvas + q * kk;
+  /* mmseg resizes the scores of the resized image to the original size before the argmax. */
+  const float *all_scores = p->canvas;
+  size_t out_pixels = (size_t)out_height * (size_t)out_width;
+  if (out_height != height || out_width != width) {
+    CLUDA_TRY(ensure_output(p, out_pixels));
+    cluda_tensor in = cluda_tensor_4d(CLUDA_F32, p->canvas, 1, height, width, classes);
+    cluda_tensor out = cluda_tensor_4d(CLUDA_F32, p->output, 1, out_height, out_width, classes);
+    cluda_ctx ctx = cluda_cpu_context(&p->scratch);
+    CLUDA_TRY(cluda_resize_bilinear_forward(&ctx, 0, &in, &out));
+    all_scores = p->output;
+  }
+  for (size_t q = 0; q < out_pixels; q++) {
+    const float *scores = all_scores + q * kk;
     int best = 0; /* ties go to the lowest class, as torch.argmax */
     for (int k = 1; k < classes; k++)
       if (scores[k] > scores[best]) best = k;
     labels[q] = (uint8_t)best;
   }
   return cluda_ok();
+}
+
+void cluda_test_input_free(cluda_test_input *in) {
+  if (!in) return;
+  cluda_image_free(&in->resized);
+  free(in->x);
+  memset(in, 0, sizeof *in);
+}
+
+cluda_status cluda_predict_image(cluda_predictor *p, const cluda_image *rgb, int scale_long,
+                                 int scale_short, cluda_test_input *in, uint8_t *labels) {
+  CLUDA_REQUIRE(p != NULL && rgb != NULL && in != NULL && labels != NULL, CLUDA_ERR_ARG,
+                "predict_image: NULL argument");
+  CLUDA_REQUIRE(rgb->channels == 3, CLUDA_ERR_ARG,
+                "predict_image: the image has %d channels, not 3", rgb->channels);
+  const int width = rgb->width, height = rgb->height;
+  const cluda_image *input = rgb;
+  int in_width = width, in_height = height;
+  if (scale_long > 0 && scale_short > 0) {
+    CLUDA_TRY(
+        cluda_image_rescale_size(width, height, scale_long, scale_short, &in_width, &in_height));
+    if (in_width != width || in_height != height) {
+      cluda_image_free(&in->resized);
+      CLUDA_TRY(cluda_image_resize_linear(rgb, in_width, in_height, &in->resized));
+      input = &in->resized;
+    }
+  }
+  size_t pixels = (size_t)in_width * (size_t)in_height;
+  if (pixels > in->x_pixels) {
+    free(in->x);
+    in->x_pixels = 0;
+    in->x = malloc(pixels * 3 * sizeof(float));
+    CLUDA_REQUIRE(in->x != NULL, CLUDA_ERR_ALLOC, "predict_image: cannot allocate a %dx%d input",
+                  in_width, in_height);
+    in->x_pixels = pixels;
+  }
+  in->width = in_width;
+  in->height = in_height;
+  CLUDA_TRY(cluda_image_normalize(input, in->x));
+  return cluda_predictor_run_to(p, in->x, in_height, in_width, height, width, labels);
 }

@@ -72,6 +72,7 @@ typedef struct png_job {
   png_structp png;
   png_infop info;
   png_bytep *rows;
+  uint8_t *samples; /* undecoded rows of the first-channel reader */
   cluda_image image;
   char libpng_message[128]; /* what libpng reported before jumping */
   char problem[160];        /* our own diagnosis when we refuse a valid file */
@@ -89,7 +90,10 @@ static void on_png_warning(png_structp png, png_const_charp message) {
   (void)message;
 }
 
-enum read_mode { READ_RGB, READ_LABELS };
+enum read_mode { READ_RGB, READ_LABELS, READ_FIRST_CHANNEL, READ_HEADER };
+
+/* decode_png's outcomes. */
+enum { DECODED = 0, LIBPNG_FAILED = 1, REFUSED = 2, BAD_VALUE = 3 };
 
 static const char *color_type_name(int color_type) {
   switch (color_type) {
@@ -102,20 +106,70 @@ static const char *color_type_name(int color_type) {
   }
 }
 
-/* Returns 0 on success, 1 when libpng failed (libpng_message), 2 when we refuse the file
- * (problem). Decoded pixels end up in job->image. */
+/* Reads the rows of an 8/16-bit gray or RGB file and keeps the first sample of each pixel
+ * (gray or R) without scaling. Returns DECODED, REFUSED (problem) or BAD_VALUE (problem) for
+ * a value above 255. */
+static int decode_first_channel(png_job *job, int bit_depth, int color_type) {
+  png_uint_32 width = png_get_image_width(job->png, job->info);
+  png_uint_32 height = png_get_image_height(job->png, job->info);
+  if (color_type != PNG_COLOR_TYPE_GRAY && color_type != PNG_COLOR_TYPE_RGB) {
+    snprintf(job->problem, sizeof job->problem,
+             "a label map with the class in its first channel must be a gray or RGB PNG, this "
+             "one is %d-bit %s",
+             bit_depth, color_type_name(color_type));
+    return REFUSED;
+  }
+  if (bit_depth < 8) png_set_packing(job->png); /* one byte per value, not rescaled */
+  png_set_interlace_handling(job->png);
+  png_read_update_info(job->png, job->info);
+  size_t row_bytes = png_get_rowbytes(job->png, job->info);
+  size_t sample_bytes = bit_depth == 16 ? 2 : 1;
+  size_t pixel_bytes = sample_bytes * (color_type == PNG_COLOR_TYPE_RGB ? 3 : 1);
+  job->samples = malloc(row_bytes * height);
+  job->rows = malloc(sizeof(png_bytep) * height);
+  job->image.pixels = malloc((size_t)width * height);
+  if (!job->samples || !job->rows || !job->image.pixels) {
+    snprintf(job->problem, sizeof job->problem, "cannot allocate %ux%u pixels", (unsigned)width,
+             (unsigned)height);
+    return REFUSED;
+  }
+  for (png_uint_32 y = 0; y < height; y++)
+    job->rows[y] = job->samples + y * row_bytes;
+  png_read_image(job->png, job->rows);
+  png_read_end(job->png, NULL);
+  job->image.width = (int)width;
+  job->image.height = (int)height;
+  job->image.channels = 1;
+  for (png_uint_32 y = 0; y < height; y++)
+    for (png_uint_32 x = 0; x < width; x++) {
+      const uint8_t *sample = job->rows[y] + x * pixel_bytes;
+      unsigned value = sample_bytes == 2 ? (unsigned)sample[0] << 8 | sample[1] : sample[0];
+      if (value > 255) {
+        snprintf(job->problem, sizeof job->problem,
+                 "value %u at pixel (x %u, y %u) is above 255, not a label id", value, (unsigned)x,
+                 (unsigned)y);
+        return BAD_VALUE;
+      }
+      job->image.pixels[(size_t)y * width + x] = (uint8_t)value;
+    }
+  return DECODED;
+}
+
+/* Returns DECODED, LIBPNG_FAILED (libpng_message), REFUSED when we refuse the file
+ * (problem) or BAD_VALUE (problem). Decoded pixels end up in job->image; READ_HEADER only
+ * fills its width and height. */
 static int decode_png(png_job *job, enum read_mode mode) {
   job->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, job, on_png_error, on_png_warning);
   if (!job->png) {
     snprintf(job->libpng_message, sizeof job->libpng_message, "out of memory");
-    return 1;
+    return LIBPNG_FAILED;
   }
   job->info = png_create_info_struct(job->png);
   if (!job->info) {
     snprintf(job->libpng_message, sizeof job->libpng_message, "out of memory");
-    return 1;
+    return LIBPNG_FAILED;
   }
-  if (setjmp(png_jmpbuf(job->png))) return 1;
+  if (setjmp(png_jmpbuf(job->png))) return LIBPNG_FAILED;
   png_init_io(job->png, job->file);
   png_set_sig_bytes(job->png, 8);
   png_read_info(job->png, job->info);
@@ -127,8 +181,14 @@ static int decode_png(png_job *job, enum read_mode mode) {
     snprintf(job->problem, sizeof job->problem,
              "image is %ux%u pixels; the largest supported side is %d", (unsigned)width,
              (unsigned)height, CLUDA_IMAGE_MAX_SIDE);
-    return 2;
+    return REFUSED;
   }
+  if (mode == READ_HEADER) {
+    job->image.width = (int)width;
+    job->image.height = (int)height;
+    return DECODED;
+  }
+  if (mode == READ_FIRST_CHANNEL) return decode_first_channel(job, bit_depth, color_type);
   int channels = 3;
   if (mode == READ_RGB) {
     if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(job->png);
@@ -146,7 +206,7 @@ static int decode_png(png_job *job, enum read_mode mode) {
       snprintf(job->problem, sizeof job->problem,
                "a label map must be an 8-bit gray or palette PNG, this one is %d-bit %s", bit_depth,
                color_type_name(color_type));
-      return 2;
+      return REFUSED;
     }
     channels = 1;
     if (bit_depth < 8) png_set_packing(job->png); /* one byte per value, not rescaled */
@@ -158,14 +218,14 @@ static int decode_png(png_job *job, enum read_mode mode) {
     snprintf(job->problem, sizeof job->problem,
              "unexpected row size %zu after conversion of a %d-bit %s image", row_bytes, bit_depth,
              color_type_name(color_type));
-    return 2;
+    return REFUSED;
   }
   job->image.pixels = malloc(row_bytes * height);
   job->rows = malloc(sizeof(png_bytep) * height);
   if (!job->image.pixels || !job->rows) {
     snprintf(job->problem, sizeof job->problem, "cannot allocate %ux%u pixels", (unsigned)width,
              (unsigned)height);
-    return 2;
+    return REFUSED;
   }
   job->image.width = (int)width;
   job->image.height = (int)height;
@@ -174,11 +234,21 @@ static int decode_png(png_job *job, enum read_mode mode) {
     job->rows[y] = job->image.pixels + y * row_bytes;
   png_read_image(job->png, job->rows);
   png_read_end(job->png, NULL);
-  return 0;
+  return DECODED;
+}
+
+static const char *read_function_name(enum read_mode mode) {
+  switch (mode) {
+  case READ_RGB: return "png_read_rgb";
+  case READ_LABELS: return "png_read_labels";
+  case READ_FIRST_CHANNEL: return "png_read_first_channel";
+  case READ_HEADER: return "png_read_size";
+  }
+  return "png_read";
 }
 
 static cluda_status read_png(const char *path, enum read_mode mode, cluda_image *img) {
-  const char *fn = mode == READ_RGB ? "png_read_rgb" : "png_read_labels";
+  const char *fn = read_function_name(mode);
   CLUDA_REQUIRE(path != NULL && img != NULL, CLUDA_ERR_ARG, "%s: NULL argument", fn);
   memset(img, 0, sizeof *img);
   png_job *job = calloc(1, sizeof *job);
@@ -196,16 +266,19 @@ static cluda_status read_png(const char *path, enum read_mode mode, cluda_image 
                                             : "no PNG signature");
     } else {
       int rc = decode_png(job, mode);
-      if (rc == 1)
+      if (rc == LIBPNG_FAILED)
         s = CLUDA_FAIL(CLUDA_ERR_IO, "%s: %s is truncated or corrupt (libpng: %s)", fn, path,
                        job->libpng_message);
-      else if (rc == 2)
+      else if (rc == REFUSED)
         s = CLUDA_FAIL(CLUDA_ERR_UNSUPPORTED, "%s: unsupported PNG %s: %s", fn, path, job->problem);
+      else if (rc == BAD_VALUE)
+        s = CLUDA_FAIL(CLUDA_ERR_IO, "%s: %s: %s", fn, path, job->problem);
     }
   }
   if (job->png) png_destroy_read_struct(&job->png, job->info ? &job->info : NULL, NULL);
   if (job->file) fclose(job->file);
   free(job->rows);
+  free(job->samples);
   if (s.code == CLUDA_OK)
     *img = job->image;
   else
@@ -222,28 +295,84 @@ cluda_status cluda_png_read_labels(const char *path, cluda_image *img) {
   return read_png(path, READ_LABELS, img);
 }
 
-static int encode_png(png_job *job, const cluda_image *img) {
+cluda_status cluda_png_read_first_channel(const char *path, cluda_image *img) {
+  return read_png(path, READ_FIRST_CHANNEL, img);
+}
+
+cluda_status cluda_png_read_size(const char *path, int *width, int *height) {
+  CLUDA_REQUIRE(width != NULL && height != NULL, CLUDA_ERR_ARG, "png_read_size: NULL argument");
+  cluda_image header;
+  CLUDA_TRY(read_png(path, READ_HEADER, &header));
+  *width = header.width;
+  *height = header.height;
+  return cluda_ok();
+}
+
+/* What one PNG file holds, for the writers: rows of packed big-endian samples. */
+typedef struct png_spec {
+  int width, height, bit_depth, color_type;
+  const uint8_t *rows;
+  size_t row_bytes;
+  const uint8_t (*palette)[3];
+  int palette_size;
+} png_spec;
+
+static int encode_png(png_job *job, const png_spec *spec) {
   job->png = png_create_write_struct(PNG_LIBPNG_VER_STRING, job, on_png_error, on_png_warning);
   if (!job->png) {
     snprintf(job->libpng_message, sizeof job->libpng_message, "out of memory");
-    return 1;
+    return LIBPNG_FAILED;
   }
   job->info = png_create_info_struct(job->png);
   if (!job->info) {
     snprintf(job->libpng_message, sizeof job->libpng_message, "out of memory");
-    return 1;
+    return LIBPNG_FAILED;
   }
-  if (setjmp(png_jmpbuf(job->png))) return 1;
+  if (setjmp(png_jmpbuf(job->png))) return LIBPNG_FAILED;
   png_init_io(job->png, job->file);
-  png_set_IHDR(job->png, job->info, (png_uint_32)img->width, (png_uint_32)img->height, 8,
-               img->channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(job->png, job->info, (png_uint_32)spec->width, (png_uint_32)spec->height,
+               spec->bit_depth, spec->color_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  if (spec->palette) {
+    png_color colors[256];
+    for (int i = 0; i < spec->palette_size; i++) {
+      colors[i].red = spec->palette[i][0];
+      colors[i].green = spec->palette[i][1];
+      colors[i].blue = spec->palette[i][2];
+    }
+    png_set_PLTE(job->png, job->info, colors, spec->palette_size);
+  }
   png_write_info(job->png, job->info);
-  size_t row_bytes = (size_t)img->width * (size_t)img->channels;
-  for (int y = 0; y < img->height; y++)
-    png_write_row(job->png, img->pixels + (size_t)y * row_bytes);
+  for (int y = 0; y < spec->height; y++)
+    png_write_row(job->png, spec->rows + (size_t)y * spec->row_bytes);
   png_write_end(job->png, NULL);
-  return 0;
+  return DECODED;
+}
+
+/* Encodes spec into a temporary file and renames it onto path. */
+static cluda_status write_png(const char *fn, const char *path, const png_spec *spec) {
+  char tmp[4096];
+  CLUDA_TRY(cluda_temp_path(path, tmp, sizeof tmp));
+  png_job *job = calloc(1, sizeof *job);
+  CLUDA_REQUIRE(job != NULL, CLUDA_ERR_ALLOC, "%s: out of memory", fn);
+  cluda_status s = cluda_ok();
+  job->file = fopen(tmp, "wb");
+  if (!job->file) {
+    s = CLUDA_FAIL(CLUDA_ERR_IO, "%s: cannot create %s: %s", fn, path, strerror(errno));
+  } else {
+    if (encode_png(job, spec) != DECODED)
+      s = CLUDA_FAIL(CLUDA_ERR_IO, "%s: %s: libpng: %s", fn, path, job->libpng_message);
+    png_destroy_write_struct(&job->png, job->info ? &job->info : NULL);
+    int close_failed = fclose(job->file) != 0;
+    if (s.code == CLUDA_OK && close_failed)
+      s = CLUDA_FAIL(CLUDA_ERR_IO, "%s: writing %s: %s", fn, path, strerror(errno));
+    if (s.code == CLUDA_OK)
+      s = cluda_publish_file(tmp, path); /* removes tmp on failure */
+    else
+      remove(tmp);
+  }
+  free(job);
+  return s;
 }
 
 cluda_status cluda_png_write(const char *path, const cluda_image *img) {
@@ -253,27 +382,61 @@ cluda_status cluda_png_write(const char *path, const cluda_image *img) {
                 "png_write: %s: channels must be 1 or 3, got %d", path, img->channels);
   CLUDA_REQUIRE(img->width >= 1 && img->height >= 1, CLUDA_ERR_ARG,
                 "png_write: %s: empty image %dx%d", path, img->width, img->height);
-  char tmp[4096];
-  CLUDA_TRY(cluda_temp_path(path, tmp, sizeof tmp));
-  png_job *job = calloc(1, sizeof *job);
-  CLUDA_REQUIRE(job != NULL, CLUDA_ERR_ALLOC, "png_write: out of memory");
-  cluda_status s = cluda_ok();
-  job->file = fopen(tmp, "wb");
-  if (!job->file) {
-    s = CLUDA_FAIL(CLUDA_ERR_IO, "png_write: cannot create %s: %s", path, strerror(errno));
-  } else {
-    if (encode_png(job, img) != 0)
-      s = CLUDA_FAIL(CLUDA_ERR_IO, "png_write: %s: libpng: %s", path, job->libpng_message);
-    png_destroy_write_struct(&job->png, job->info ? &job->info : NULL);
-    int close_failed = fclose(job->file) != 0;
-    if (s.code == CLUDA_OK && close_failed)
-      s = CLUDA_FAIL(CLUDA_ERR_IO, "png_write: writing %s: %s", path, strerror(errno));
-    if (s.code == CLUDA_OK)
-      s = cluda_publish_file(tmp, path); /* removes tmp on failure */
-    else
-      remove(tmp);
+  png_spec spec = {.width = img->width,
+                   .height = img->height,
+                   .bit_depth = 8,
+                   .color_type = img->channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY,
+                   .rows = img->pixels,
+                   .row_bytes = (size_t)img->width * (size_t)img->channels};
+  return write_png("png_write", path, &spec);
+}
+
+cluda_status cluda_png_write_palette(const char *path, const cluda_image *indices,
+                                     const uint8_t (*colors)[3], int num_colors) {
+  CLUDA_REQUIRE(path != NULL && indices != NULL && indices->pixels != NULL && colors != NULL,
+                CLUDA_ERR_ARG, "png_write_palette: NULL argument");
+  CLUDA_REQUIRE(indices->channels == 1 && indices->width >= 1 && indices->height >= 1,
+                CLUDA_ERR_ARG, "png_write_palette: %s: needs a non-empty 1-channel image", path);
+  CLUDA_REQUIRE(num_colors >= 1 && num_colors <= 256, CLUDA_ERR_ARG,
+                "png_write_palette: %s: %d colours, expected 1..256", path, num_colors);
+  size_t n = (size_t)indices->width * (size_t)indices->height;
+  for (size_t i = 0; i < n; i++)
+    CLUDA_REQUIRE(indices->pixels[i] < num_colors, CLUDA_ERR_ARG,
+                  "png_write_palette: %s: index %d at pixel %zu has no colour (%d colours)", path,
+                  indices->pixels[i], i, num_colors);
+  png_spec spec = {.width = indices->width,
+                   .height = indices->height,
+                   .bit_depth = 8,
+                   .color_type = PNG_COLOR_TYPE_PALETTE,
+                   .rows = indices->pixels,
+                   .row_bytes = (size_t)indices->width,
+                   .palette = colors,
+                   .palette_size = num_colors};
+  return write_png("png_write_palette", path, &spec);
+}
+
+cluda_status cluda_png_write_rgb16(const char *path, int width, int height,
+                                   const uint16_t *samples) {
+  CLUDA_REQUIRE(path != NULL && samples != NULL, CLUDA_ERR_ARG, "png_write_rgb16: NULL argument");
+  CLUDA_REQUIRE(width >= 1 && height >= 1 && width <= CLUDA_IMAGE_MAX_SIDE &&
+                    height <= CLUDA_IMAGE_MAX_SIDE,
+                CLUDA_ERR_ARG, "png_write_rgb16: %s: size %dx%d outside 1..%d", path, width, height,
+                CLUDA_IMAGE_MAX_SIDE);
+  size_t n = (size_t)width * (size_t)height * 3;
+  uint8_t *big_endian = malloc(2 * n); /* PNG stores 16-bit samples most significant byte first */
+  CLUDA_REQUIRE(big_endian != NULL, CLUDA_ERR_ALLOC, "png_write_rgb16: %s: out of memory", path);
+  for (size_t i = 0; i < n; i++) {
+    big_endian[2 * i] = (uint8_t)(samples[i] >> 8);
+    big_endian[2 * i + 1] = (uint8_t)(samples[i] & 0xff);
   }
-  free(job);
+  png_spec spec = {.width = width,
+                   .height = height,
+                   .bit_depth = 16,
+                   .color_type = PNG_COLOR_TYPE_RGB,
+                   .rows = big_endian,
+                   .row_bytes = (size_t)width * 6};
+  cluda_status s = write_png("png_write_rgb16", path, &spec);
+  free(big_endian);
   return s;
 }
 

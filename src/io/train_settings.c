@@ -88,7 +88,10 @@ cluda_status cluda_train_settings_from_config(const cluda_config *cfg, cluda_tra
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_pair_weight", &s.cl.ref_pair_weight));
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_half", &s.cl.ref_half));
   CLUDA_TRY(cluda_config_get_bool(cfg, "cl.ref_row_order", &s.cl_ref_row_order));
-  /* cl.scope: one process contrasts its own batch either way (decisions.md 14). */
+  s.cl_scope_global = is(cfg, "cl.scope", "global");
+  CLUDA_TRY(cluda_config_get_bool(cfg, "uda.ref_local_gamma", &s.ref_local_gamma));
+  CLUDA_TRY(cluda_config_get_bool(cfg, "model.sync_bn", &s.sync_bn));
+  CLUDA_TRY(cluda_config_get_int(cfg, "train.replica_check_interval", &s.replica_check_interval));
 
   s.adamw = cluda_adamw_default_config();
   double betas[2];
@@ -100,12 +103,8 @@ cluda_status cluda_train_settings_from_config(const cluda_config *cfg, cluda_tra
   s.adamw.beta2 = betas[1];
   CLUDA_TRY(cluda_config_get_float(cfg, "optim.eps", &s.adamw.eps));
   const char *scaling_text = NULL;
-  cluda_lr_scaling scaling;
-  double factor = 1.0;
   CLUDA_TRY(cluda_config_get_string(cfg, "optim.lr_scaling", &scaling_text));
-  CLUDA_TRY(cluda_lr_scaling_parse(scaling_text, &scaling));
-  CLUDA_TRY(cluda_lr_scale_factor(scaling, s.batch, 2, &factor)); /* one process */
-  s.adamw.lr *= factor;
+  CLUDA_TRY(cluda_lr_scaling_parse(scaling_text, &s.lr_scaling));
   s.schedule = cluda_lr_schedule_default();
   s.schedule.max_iters = s.max_iters;
   CLUDA_TRY(cluda_config_get_int(cfg, "optim.warmup_iters", &s.schedule.warmup_iters));
@@ -123,12 +122,16 @@ cluda_status cluda_train_settings_from_config(const cluda_config *cfg, cluda_tra
   s.target_data = s.source_data;
   s.source_data.domain = CLUDA_SYNTH_SOURCE;
   s.target_data.domain = CLUDA_SYNTH_TARGET;
+  s.source_synthetic = is(cfg, "data.source", "synthetic");
+  s.target_synthetic = is(cfg, "data.target", "synthetic");
   CLUDA_TRY(get_i32(cfg, "data.train_images", &s.train_images));
   CLUDA_TRY(get_i32(cfg, "data.val_images", &s.val_images));
   CLUDA_TRY(cluda_config_get_bool(cfg, "data.rcs", &s.rcs));
   CLUDA_TRY(cluda_config_get_float(cfg, "data.rcs_temperature", &s.rcs_temperature));
   CLUDA_TRY(cluda_config_get_int(cfg, "data.rcs_min_pixels", &s.rcs_min_pixels));
-  CLUDA_REQUIRE(s.crop_h <= s.source_data.height && s.crop_w <= s.source_data.width, CLUDA_ERR_ARG,
+  CLUDA_REQUIRE(!s.source_synthetic ||
+                    (s.crop_h <= s.source_data.height && s.crop_w <= s.source_data.width),
+                CLUDA_ERR_ARG,
                 "config keys train.crop [%d, %d] and data.size [%d, %d]: the crop "
                 "must fit in the image",
                 s.crop_h, s.crop_w, s.source_data.height, s.source_data.width);

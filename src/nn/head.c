@@ -658,7 +658,7 @@ static cluda_batchnorm_params bn_params(const cluda_head_config *cfg, const clud
  * its own purpose), so the two never share draws whatever the base key. */
 static cluda_dropout_params dropout_params(const cluda_head_config *cfg,
                                            const cluda_run_mode *mode) {
-  cluda_dropout_params p = {cfg->dropout, CLUDA_DROPOUT_CHANNEL, mode->key};
+  cluda_dropout_params p = {cfg->dropout, CLUDA_DROPOUT_CHANNEL, mode->key, mode->first_sample};
   p.key.stream =
       (mode->key.stream & ~((uint64_t)0xffff << 32)) | ((uint64_t)CLUDA_RNG_DROPOUT << 32);
   return p;

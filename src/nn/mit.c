@@ -676,6 +676,7 @@ static cluda_dropout_params drop_path_params(const cluda_mit_config *cfg,
   p.key.stream =
       (mode->key.stream & ~((uint64_t)0xffff << 32)) | ((uint64_t)CLUDA_RNG_DROPPATH << 32);
   p.key.slot = (mode->key.slot + 2u * (uint32_t)k + (uint32_t)branch) & 0xffffu;
+  p.first_sample = mode->first_sample;
   return p;
 }
 

@@ -1,8 +1,10 @@
 /* BatchNorm2d on NHWC: per-channel statistics over N, H and W. Training normalises with the
  * batch mean and biased variance and moves the running statistics towards the batch mean
- * and the unbiased variance; inference normalises with the running statistics. */
+ * and the unbiased variance; inference normalises with the running statistics. With
+ * ctx->bn_sync (SyncBatchNorm) the batch is every rank's x together. */
 #include <math.h>
 
+#include "cluda/comm.h"
 #include "op_common.h"
 
 #define DESC(t, buf) cluda_tensor_describe((t), (buf), sizeof(buf))
@@ -29,12 +31,20 @@ static cluda_status check_channels(const char *op, const char *name, const cluda
   return cluda_ok();
 }
 
+/* The communicator whose ranks' batches form one batch, or NULL for per-rank statistics
+ * (also in inference, which uses the running statistics: nothing to synchronise). */
+static cluda_comm *sync_comm(const cluda_ctx *ctx, const cluda_batchnorm_params *p) {
+  return p->training && ctx && ctx->bn_sync && ctx->bn_sync->size > 1 ? ctx->bn_sync : NULL;
+}
+
 /* PyTorch refuses batch statistics of a single value per channel (the unbiased variance
- * would divide by zero). */
-static cluda_status check_count(const char *op, const cluda_batchnorm_params *p,
-                                const cluda_tensor *x) {
+ * would divide by zero). Synchronised statistics need more than one value over all ranks,
+ * which only the backend can count (global_rows). */
+static cluda_status check_count(const char *op, const cluda_ctx *ctx,
+                                const cluda_batchnorm_params *p, const cluda_tensor *x) {
   char d[64];
   int64_t n = cluda_tensor_rows(x);
+  if (sync_comm(ctx, p)) return cluda_ok();
   CLUDA_REQUIRE(!p->training || n > 1, CLUDA_ERR_SHAPE,
                 "%s: training needs more than 1 value per channel, but x %s has N*H*W = %lld", op,
                 DESC(x, d), (long long)n);
@@ -57,7 +67,7 @@ cluda_status cluda_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_param
   CLUDA_REQUIRE_SAME_SHAPE(op, "y", y, "x", x);
   CLUDA_TRY(check_channels(op, "save_mean", save_mean, x));
   CLUDA_TRY(check_channels(op, "save_rstd", save_rstd, x));
-  CLUDA_TRY(check_count(op, p, x));
+  CLUDA_TRY(check_count(op, ctx, p, x));
   CLUDA_DISPATCH(ctx, batchnorm_forward, p, x, gamma, beta, running_mean, running_var, y, save_mean,
                  save_rstd);
 }
@@ -79,7 +89,7 @@ cluda_status cluda_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_para
   CLUDA_REQUIRE_SAME_SHAPE(op, "dx", dx, "x", x);
   CLUDA_TRY(check_channels(op, "dgamma", dgamma, x));
   CLUDA_TRY(check_channels(op, "dbeta", dbeta, x));
-  CLUDA_TRY(check_count(op, p, x));
+  CLUDA_TRY(check_count(op, ctx, p, x));
   CLUDA_DISPATCH(ctx, batchnorm_backward, p, x, gamma, save_mean, save_rstd, dy, dx, dgamma, dbeta);
 }
 
@@ -95,7 +105,11 @@ cluda_status cluda_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_para
  * with the panel reduced in narrower sub-panels (>= 128 channels). Either way each
  * channel's chunk sums are the same, so the results do not depend on which was used.
  * The elementwise passes stream rows of PANEL channels (whole rows up to C = 2048) with
- * per-channel double coefficients on the stack (<= 48 KiB). */
+ * per-channel double coefficients on the stack (<= 48 KiB).
+ * Synchronised statistics: each panel's per-channel sums are all-reduced (f64 sum, the same
+ * bits on every rank) between the passes, outside the parallel regions and in the same
+ * order on every rank; without a communicator that step is the identity, so one code path
+ * serves both. The row count is all-reduced first, so a refused call writes nothing. */
 
 enum {
   MAX_CHUNKS = 16,     /* enough parallel work for 16 threads */
@@ -137,6 +151,64 @@ static double *partials(cluda_ctx *ctx, int nchunks, int c, int nsums, double *s
   return stack;
 }
 
+/* *rows = N*H*W of the batch the statistics cover: x's, summed over comm's ranks when set
+ * (training; the entry points checked the unsynchronised count). */
+static cluda_status global_rows(const char *op, cluda_comm *comm, const cluda_tensor *x,
+                                int64_t *rows) {
+  int64_t mine = cluda_tensor_rows(x);
+  *rows = mine;
+  if (!comm) return cluda_ok();
+  CLUDA_TRY(cluda_comm_allreduce(comm, &mine, rows, 1, CLUDA_COMM_I64, CLUDA_COMM_SUM));
+  CLUDA_REQUIRE(*rows > 1, CLUDA_ERR_SHAPE,
+                "%s: training needs more than 1 value per channel, but N*H*W summed over the %d "
+                "synchronised ranks is %lld",
+                op, comm->size, (long long)*rows);
+  return cluda_ok();
+}
+
+/* Adds the ranks' per-channel sums in place; the identity without a communicator. */
+static cluda_status sum_over_ranks(cluda_comm *comm, double *sums, int count) {
+  if (!comm) return cluda_ok();
+  return cluda_comm_allreduce(comm, sums, sums, (size_t)count, CLUDA_COMM_F64, CLUDA_COMM_SUM);
+}
+
+/* out[i] = sum over the rows of x[., p0 + i] (center NULL) or of (x[., p0 + i] - center[i])^2,
+ * for the pw channels of the panel at p0, in chunk order (see above). */
+static void channel_sums(const float *px, int64_t n, int c, int p0, int pw, double *part,
+                         size_t cap, const double *center, double *out) {
+  const int nchunks = num_chunks(n), sw = sub_width(cap, pw, nchunks, 1);
+#pragma omp parallel if (n * c > PAR_ELEMS)
+  for (int s0 = p0; s0 < p0 + pw; s0 += sw) {
+    const int w = min_int(sw, p0 + pw - s0);
+    const double *m = center ? center + (s0 - p0) : NULL;
+#pragma omp for schedule(static)
+    for (int k = 0; k < nchunks; k++) {
+      double *acc = part + (size_t)k * w;
+      for (int i = 0; i < w; i++)
+        acc[i] = 0.0;
+      for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
+        const float *xr = px + r * c + s0;
+        if (m) {
+          for (int i = 0; i < w; i++) {
+            double d = xr[i] - m[i];
+            acc[i] += d * d;
+          }
+        } else {
+          for (int i = 0; i < w; i++)
+            acc[i] += xr[i];
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int i = 0; i < w; i++) {
+      double t = 0.0;
+      for (int k = 0; k < nchunks; k++)
+        t += part[(size_t)k * w + i];
+      out[s0 - p0 + i] = t;
+    }
+  }
+}
+
 cluda_status cluda_cpu_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_params *p,
                                          const cluda_tensor *x, const cluda_tensor *gamma,
                                          const cluda_tensor *beta, cluda_tensor *running_mean,
@@ -164,75 +236,49 @@ cluda_status cluda_cpu_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_p
     return cluda_ok();
   }
 
-  const int nchunks = num_chunks(n);
+  cluda_comm *comm = sync_comm(ctx, p);
+  int64_t ng;
+  CLUDA_TRY(global_rows("batchnorm_forward", comm, x, &ng));
   double stack[PART_DOUBLES], mean[PANEL], scale[PANEL];
   size_t cap, mark;
-  double *part = partials(ctx, nchunks, c, 1, stack, &cap, &mark);
-#pragma omp parallel if (n * c > PAR_ELEMS)
+  double *part = partials(ctx, num_chunks(n), c, 1, stack, &cap, &mark);
+  cluda_status s = cluda_ok();
   for (int p0 = 0; p0 < c; p0 += PANEL) {
-    const int pw = min_int(PANEL, c - p0), sw = sub_width(cap, pw, nchunks, 1);
-    for (int s0 = p0; s0 < p0 + pw; s0 += sw) {
-      const int w = min_int(sw, p0 + pw - s0);
-      double *m = mean + (s0 - p0);
-      /* two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2, which
-       * cancels catastrophically when the mean is large */
+    const int pw = min_int(PANEL, c - p0);
+    /* two passes (mean, then squared deviations about the global mean) rather than
+     * E[x^2] - E[x]^2, which cancels catastrophically when the mean is large */
+    channel_sums(px, n, c, p0, pw, part, cap, NULL, mean);
+    if ((s = sum_over_ranks(comm, mean, pw)).code != CLUDA_OK) break;
+    for (int i = 0; i < pw; i++)
+      mean[i] /= (double)ng;
+    channel_sums(px, n, c, p0, pw, part, cap, mean, scale);
+    if ((s = sum_over_ranks(comm, scale, pw)).code != CLUDA_OK) break;
+#pragma omp parallel if (n * c > PAR_ELEMS)
+    {
 #pragma omp for schedule(static)
-      for (int k = 0; k < nchunks; k++) {
-        double *acc = part + (size_t)k * w;
-        for (int i = 0; i < w; i++)
-          acc[i] = 0.0;
-        for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
-          const float *xr = px + r * c + s0;
-          for (int i = 0; i < w; i++)
-            acc[i] += xr[i];
-        }
-      }
-#pragma omp for schedule(static)
-      for (int i = 0; i < w; i++) {
-        double t = 0.0;
-        for (int k = 0; k < nchunks; k++)
-          t += part[(size_t)k * w + i];
-        m[i] = t / (double)n;
-      }
-#pragma omp for schedule(static)
-      for (int k = 0; k < nchunks; k++) {
-        double *acc = part + (size_t)k * w;
-        for (int i = 0; i < w; i++)
-          acc[i] = 0.0;
-        for (int64_t r = chunk_start(n, k, nchunks); r < chunk_start(n, k + 1, nchunks); r++) {
-          const float *xr = px + r * c + s0;
-          for (int i = 0; i < w; i++) {
-            double d = xr[i] - m[i];
-            acc[i] += d * d;
-          }
-        }
-      }
-#pragma omp for schedule(static)
-      for (int i = 0; i < w; i++) {
-        double var = 0.0;
-        for (int k = 0; k < nchunks; k++)
-          var += part[(size_t)k * w + i];
-        const int ch = s0 + i;
-        const double biased = var / (double)n, unbiased = var / (double)(n - 1);
+      for (int i = 0; i < pw; i++) {
+        const int ch = p0 + i;
+        const double biased = scale[i] / (double)ng, unbiased = scale[i] / (double)(ng - 1);
         const double rs = 1.0 / sqrt(biased + eps);
-        sm[ch] = (float)m[i];
+        sm[ch] = (float)mean[i];
         sr[ch] = (float)rs;
-        rm[ch] = (float)((1.0 - mom) * rm[ch] + mom * m[i]);
+        rm[ch] = (float)((1.0 - mom) * rm[ch] + mom * mean[i]);
         rv[ch] = (float)((1.0 - mom) * rv[ch] + mom * unbiased);
-        scale[s0 - p0 + i] = rs * g[ch];
+        scale[i] = rs * g[ch];
       }
-    }
-    /* normalise with the double statistics; the saved floats may lose digits of a large mean */
+      /* normalise with the double statistics; the saved floats may lose digits of a large
+       * mean */
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + p0, *br = b + p0;
-      float *yr = py + r * c + p0;
-      for (int i = 0; i < pw; i++)
-        yr[i] = (float)((xr[i] - mean[i]) * scale[i] + br[i]);
+      for (int64_t r = 0; r < n; r++) {
+        const float *xr = px + r * c + p0, *br = b + p0;
+        float *yr = py + r * c + p0;
+        for (int i = 0; i < pw; i++)
+          yr[i] = (float)((xr[i] - mean[i]) * scale[i] + br[i]);
+      }
     }
   }
   if (part != stack) cluda_arena_release(ctx->scratch, mark);
-  return cluda_ok();
+  return s;
 }
 
 cluda_status cluda_cpu_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_params *p,
@@ -248,13 +294,20 @@ cluda_status cluda_cpu_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_
   float *pdx = cluda_f32(dx), *dg = cluda_f32(dgamma), *dbt = cluda_f32(dbeta);
   const int training = p->training;
 
+  cluda_comm *comm = sync_comm(ctx, p);
+  int64_t ng;
+  CLUDA_TRY(global_rows("batchnorm_backward", comm, x, &ng));
   const int nchunks = num_chunks(n);
-  double stack[PART_DOUBLES], kc[PANEL], ac[PANEL], bc[PANEL];
+  /* sums: per panel sum(dy) for its pw channels, then sum(dy xhat), so that one all-reduce
+   * covers both */
+  double stack[PART_DOUBLES], kc[PANEL], sums[2 * PANEL];
   size_t cap, mark;
   double *part = partials(ctx, nchunks, c, 2, stack, &cap, &mark);
-#pragma omp parallel if (n * c > PAR_ELEMS)
+  cluda_status s = cluda_ok();
   for (int p0 = 0; p0 < c; p0 += PANEL) {
     const int pw = min_int(PANEL, c - p0), sw = sub_width(cap, pw, nchunks, 2);
+    double *ac = sums, *bc = sums + pw;
+#pragma omp parallel if (n * c > PAR_ELEMS)
     for (int s0 = p0; s0 < p0 + pw; s0 += sw) {
       const int w = min_int(sw, p0 + pw - s0);
       const float *m = sm + s0, *rs = sr + s0;
@@ -280,24 +333,36 @@ cluda_status cluda_cpu_batchnorm_backward(cluda_ctx *ctx, const cluda_batchnorm_
           sdyx += sdyx_part[(size_t)k * w + i];
         }
         const int ch = s0 + i, j = s0 - p0 + i;
+        /* this rank's share: the trainer sums parameter gradients over the ranks */
         dg[ch] += (float)sdyx;
         dbt[ch] += (float)sdy;
-        /* training: dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), the mean and
-         * variance depending on x; inference: dx = gamma rstd dy with fixed statistics */
-        kc[j] = (double)g[ch] * rs[i];
-        ac[j] = training ? sdy / (double)n : 0.0;
-        bc[j] = training ? sdyx / (double)n : 0.0;
+        ac[j] = sdy;
+        bc[j] = sdyx;
       }
     }
-    const float *m = sm + p0, *rs = sr + p0;
+    if ((s = sum_over_ranks(comm, sums, 2 * pw)).code != CLUDA_OK) break;
+#pragma omp parallel if (n * c > PAR_ELEMS)
+    {
+      /* training: dx = gamma rstd (dy - mean(dy) - xhat mean(dy xhat)), the means over the
+       * (global) batch whose statistics depend on x; inference: dx = gamma rstd dy with
+       * fixed statistics */
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < n; r++) {
-      const float *xr = px + r * c + p0, *dyr = pdy + r * c + p0;
-      float *dxr = pdx + r * c + p0;
-      for (int i = 0; i < pw; i++)
-        dxr[i] = (float)(kc[i] * (dyr[i] - ac[i] - ((double)xr[i] - m[i]) * (double)rs[i] * bc[i]));
+      for (int i = 0; i < pw; i++) {
+        kc[i] = (double)g[p0 + i] * sr[p0 + i];
+        ac[i] = training ? ac[i] / (double)ng : 0.0;
+        bc[i] = training ? bc[i] / (double)ng : 0.0;
+      }
+      const float *m = sm + p0, *rs = sr + p0;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < n; r++) {
+        const float *xr = px + r * c + p0, *dyr = pdy + r * c + p0;
+        float *dxr = pdx + r * c + p0;
+        for (int i = 0; i < pw; i++)
+          dxr[i] =
+              (float)(kc[i] * (dyr[i] - ac[i] - ((double)xr[i] - m[i]) * (double)rs[i] * bc[i]));
+      }
     }
   }
   if (part != stack) cluda_arena_release(ctx->scratch, mark);
-  return cluda_ok();
+  return s;
 }

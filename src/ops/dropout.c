@@ -79,17 +79,19 @@ enum { kParallelDraws = 4096, kParallelElems = 1 << 16 };
 /* The factor kept / dropped elements are multiplied by. */
 static float keep_scale(float p) { return (float)(1.0 / (1.0 - (double)p)); }
 
-/* Draws the mask (count elements) from the key; p = 0 keeps everything without drawing. */
-static void draw_mask(const cluda_dropout_params *p, uint8_t *m, int64_t count) {
+/* Draws the mask (count elements over n samples) from the key, starting at the draw of
+ * sample p->first_sample; p = 0 keeps everything without drawing. */
+static void draw_mask(const cluda_dropout_params *p, uint8_t *m, int64_t count, int64_t n) {
   if (p->p == 0.0f) {
     memset(m, 1, (size_t)count);
     return;
   }
   const float rate = p->p;
   const cluda_rng_key key = p->key;
+  const uint64_t first = p->first_sample * (uint64_t)(count / n);
 #pragma omp parallel for schedule(static) if (count > kParallelDraws)
   for (int64_t i = 0; i < count; i++)
-    m[i] = cluda_rng_uniform(key, (uint64_t)i) >= rate;
+    m[i] = cluda_rng_uniform(key, first + (uint64_t)i) >= rate;
 }
 
 /* out = in * (mask != 0 ? scale : 0) with the mask broadcast per mode: element i of the data
@@ -127,7 +129,7 @@ cluda_status cluda_cpu_dropout_forward(cluda_ctx *ctx, const cluda_dropout_param
                                        const cluda_tensor *x, cluda_tensor *y, cluda_tensor *mask) {
   (void)ctx;
   const int64_t count = mask_count(mask);
-  if (count > 0) draw_mask(p, cluda_u8(mask), count);
+  if (count > 0) draw_mask(p, cluda_u8(mask), count, x->shape[0]);
   apply_mask(p->mode, keep_scale(p->p), cluda_u8(mask), x, cluda_f32(x), cluda_f32(y));
   return cluda_ok();
 }

@@ -154,8 +154,9 @@ cluda_status cluda_dacs_batch_classes(const cluda_tensor *labels, uint8_t presen
   return cluda_ok();
 }
 
-cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, cluda_rng_key key,
-                                       cluda_tensor *mask, cluda_tensor *chosen) {
+cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, const uint8_t *batch_classes,
+                                       cluda_rng_key key, uint64_t first_sample, cluda_tensor *mask,
+                                       cluda_tensor *chosen) {
   const char *op = "dacs_classmix_masks";
   char d[64];
   CLUDA_TRY(check_map(op, "src_labels", src_labels, CLUDA_U8));
@@ -169,11 +170,16 @@ cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, cluda_rng
                   b);
   }
   uint8_t present[256];
-  int n;
-  CLUDA_TRY(cluda_dacs_batch_classes(src_labels, present, &n));
-  int classes[256], m = 0;
+  int n = 0;
+  if (batch_classes) {
+    memcpy(present, batch_classes, sizeof present);
+  } else {
+    CLUDA_TRY(cluda_dacs_batch_classes(src_labels, present, &n));
+  }
+  int classes[256];
+  n = 0;
   for (int v = 0; v < 256; v++)
-    if (present[v]) classes[m++] = v;
+    if (present[v]) classes[n++] = v;
   const int take = (n + n % 2) / 2;
   const int64_t hw = (int64_t)src_labels->shape[1] * src_labels->shape[2];
   for (int i = 0; i < b; i++) {
@@ -182,7 +188,8 @@ cluda_status cluda_dacs_classmix_masks(const cluda_tensor *src_labels, cluda_rng
     memcpy(perm, classes, sizeof(int) * (size_t)n);
     uint32_t words[4];
     for (int j = 0; j < take; j++) {
-      if (j % 4 == 0) cluda_rng_bits(key, (uint64_t)i * 64 + (uint64_t)(j / 4), words);
+      if (j % 4 == 0)
+        cluda_rng_bits(key, (first_sample + (uint64_t)i) * 64 + (uint64_t)(j / 4), words);
       const int r = j + uniform_int(words[j % 4], n - j);
       const int t = perm[j];
       perm[j] = perm[r];
@@ -572,8 +579,9 @@ cluda_dacs_aug_config cluda_dacs_aug_config_default(void) {
 }
 
 cluda_status cluda_dacs_strong_augment(const cluda_dacs_aug_config *cfg, uint64_t seed,
-                                       uint32_t rank, uint32_t iteration, cluda_arena *scratch,
-                                       cluda_tensor *img, cluda_dacs_aug_record *record) {
+                                       uint32_t first_sample, uint32_t iteration,
+                                       cluda_arena *scratch, cluda_tensor *img,
+                                       cluda_dacs_aug_record *record) {
   const char *op = "dacs_strong_augment";
   CLUDA_REQUIRE(cfg != NULL, CLUDA_ERR_ARG, "%s: cfg is NULL", op);
   CLUDA_TRY(cluda_check_tensor(op, "img", img, CLUDA_F32, 4));
@@ -583,8 +591,7 @@ cluda_status cluda_dacs_strong_augment(const cluda_dacs_aug_config *cfg, uint64_
   const int b = img->shape[0];
   float ju, bu;
   cluda_dacs_draw_coins(
-      cluda_rng_make_key(seed, rank, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_COINS), &ju,
-      &bu);
+      cluda_rng_make_key(seed, 0, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_COINS), &ju, &bu);
   const int jitter = ju > cfg->jitter_p, blur = bu > cfg->blur_p;
   if (record != NULL) {
     record->jitter_u = ju;
@@ -598,9 +605,9 @@ cluda_status cluda_dacs_strong_augment(const cluda_dacs_aug_config *cfg, uint64_
     cluda_jitter_params *p = malloc(sizeof *p * (size_t)b);
     CLUDA_REQUIRE(p != NULL, CLUDA_ERR_ALLOC, "%s: cannot allocate jitter params", op);
     const cluda_rng_key key =
-        cluda_rng_make_key(seed, rank, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_JITTER);
+        cluda_rng_make_key(seed, 0, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_JITTER);
     for (int i = 0; i < b && st.code == CLUDA_OK; i++)
-      st = cluda_dacs_jitter_draw(key, i, cfg->jitter_strength, &p[i]);
+      st = cluda_dacs_jitter_draw(key, (int)first_sample + i, cfg->jitter_strength, &p[i]);
     if (st.code == CLUDA_OK) st = cluda_dacs_color_jitter(p, cfg->mean, cfg->std, img);
     free(p);
     CLUDA_TRY(st);
@@ -609,9 +616,10 @@ cluda_status cluda_dacs_strong_augment(const cluda_dacs_aug_config *cfg, uint64_
     float *sg = malloc(sizeof *sg * (size_t)b);
     CLUDA_REQUIRE(sg != NULL, CLUDA_ERR_ALLOC, "%s: cannot allocate sigmas", op);
     const cluda_rng_key key =
-        cluda_rng_make_key(seed, rank, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_BLUR);
+        cluda_rng_make_key(seed, 0, iteration, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_BLUR);
     for (int i = 0; i < b; i++)
-      sg[i] = cluda_dacs_blur_sigma_draw(key, i, cfg->sigma_min, cfg->sigma_max);
+      sg[i] =
+          cluda_dacs_blur_sigma_draw(key, (int)first_sample + i, cfg->sigma_min, cfg->sigma_max);
     st = cluda_dacs_gaussian_blur(sg, scratch, img);
     free(sg);
     CLUDA_TRY(st);

@@ -24,6 +24,10 @@ typedef struct cluda_trainer_buffers {
   float *dfd;
   float *cl_feat, *cl_unit, *cl_norms, *cl_weight, *cl_stats, *cl_da, *cl_dc, *cl_dunit;
   uint8_t *cl_lbl;
+  /* the global contrast set (cl.scope global over several ranks): gathered rows, labels,
+   * weights and the gradient w.r.t. the gathered rows */
+  float *cl_all_rows, *cl_all_weight, *cl_all_drows;
+  uint8_t *cl_all_lbl;
   float *dfused;
 } cluda_trainer_buffers;
 
@@ -108,18 +112,19 @@ static int64_t count_in_crop(const cluda_trainer_buffers *bf, const cluda_synth_
 }
 
 /* Sample b of a domain at iteration it: image choice (RCS or uniform), crop, flip. Draws
- * come from the data stream (slot = domain) at indices 8 b + k. */
+ * come from the data stream (slot = domain) at indices 8 g + k, g = the sample's global
+ * index first_sample + b. */
 static cluda_status load_sample(cluda_trainer *t, cluda_synth_domain domain, int64_t it, int b,
                                 float *img, uint8_t *lbl) {
   cluda_trainer_buffers *bf = t->buf;
   const cluda_synth_config *cfg =
       domain == CLUDA_SYNTH_SOURCE ? &t->s.source_data : &t->s.target_data;
   cluda_rng_key key = cluda_rng_make_key(t->s.seed, 0, (uint32_t)it, CLUDA_RNG_DATA, domain);
-  uint64_t d = 8 * (uint64_t)b;
+  const uint64_t g = t->first_sample + (uint64_t)b, d = 8 * g;
   int image = 0, rare_class = -1;
   if (domain == CLUDA_SYNTH_SOURCE && t->rcs_created) {
     cluda_rng_key rkey = cluda_rng_make_key(t->s.seed, 0, (uint32_t)it, CLUDA_RNG_DATA, 2);
-    CLUDA_TRY(cluda_rcs_sample(&t->rcs, rkey, (uint64_t)b, &rare_class, &image));
+    CLUDA_TRY(cluda_rcs_sample(&t->rcs, rkey, g, &rare_class, &image));
   } else {
     uint32_t bits[4];
     cluda_rng_bits(key, d, bits);
@@ -141,12 +146,21 @@ static cluda_status load_sample(cluda_trainer *t, cluda_synth_domain domain, int
   return cluda_ok();
 }
 
+/* The target labels land in pl_lbl only to be overwritten by the pseudo-labels. */
 static cluda_status load_batches(cluda_trainer *t, int64_t it) {
   cluda_trainer_buffers *bf = t->buf;
+  CLUDA_REQUIRE(t->s.source_synthetic || t->source.get, CLUDA_ERR_ARG,
+                "trainer_step: data.source is a data set but no sample source is attached");
+  CLUDA_REQUIRE(!t->s.uda || t->s.target_synthetic || t->target.get, CLUDA_ERR_ARG,
+                "trainer_step: data.target is a data set but no sample source is attached");
+  if (t->source.get) CLUDA_TRY(t->source.get(t->source.ctx, it, bf->src_img, bf->src_lbl));
+  if (t->s.uda && t->target.get)
+    CLUDA_TRY(t->target.get(t->target.ctx, it, bf->tgt_img, bf->pl_lbl));
   for (int b = 0; b < bf->B; b++) {
-    CLUDA_TRY(load_sample(t, CLUDA_SYNTH_SOURCE, it, b, bf->src_img, bf->src_lbl));
-    /* The target labels land in pl_lbl only to be overwritten by the pseudo-labels. */
-    if (t->s.uda) CLUDA_TRY(load_sample(t, CLUDA_SYNTH_TARGET, it, b, bf->tgt_img, bf->pl_lbl));
+    if (!t->source.get)
+      CLUDA_TRY(load_sample(t, CLUDA_SYNTH_SOURCE, it, b, bf->src_img, bf->src_lbl));
+    if (t->s.uda && !t->target.get)
+      CLUDA_TRY(load_sample(t, CLUDA_SYNTH_TARGET, it, b, bf->tgt_img, bf->pl_lbl));
   }
   return cluda_ok();
 }
@@ -199,7 +213,7 @@ static cluda_status feature_distance(cluda_trainer *t, cluda_ctx *ctx, const clu
                                      const cluda_tensor *student_f4, double *value, int64_t *cells,
                                      int *active) {
   cluda_trainer_buffers *bf = t->buf;
-  cluda_run_mode eval = {0, 0, pass_key(t, 0, PASS_SOURCE)};
+  cluda_run_mode eval = {0, 0, pass_key(t, 0, PASS_SOURCE), t->first_sample};
   cluda_tensor imnet_out[4];
   CLUDA_TRY(cluda_mit_forward(ctx, &t->model.encoder, &t->plan.encoder, &t->model.params, t->imnet,
                               &eval, x, t->imnet_acts, imnet_out));
@@ -211,11 +225,18 @@ static cluda_status feature_distance(cluda_trainer *t, cluda_ctx *ctx, const clu
   cluda_tensor loss = cluda_tensor_1d(CLUDA_F32, bf->loss, 1);
   cluda_tensor count = cluda_tensor_1d(CLUDA_F32, bf->count, 1);
   CLUDA_TRY(cluda_feature_distance_forward(ctx, student_f4, &imnet_out[3], &mask, &loss, &count));
-  *cells = (int64_t)bf->count[0];
-  *active = *cells > 0;
-  *value = *active ? (double)t->s.fd_lambda * bf->loss[0] : 0.0;
-  if (!*active) return cluda_ok();
-  bf->dloss[0] = t->s.fd_lambda;
+  /* The mean is over the thing cells of the GLOBAL batch: this rank's term is its cell sum
+   * times W / (global cells), so the ranks' average is the global mean (and so are the
+   * averaged gradients). */
+  const int64_t local = (int64_t)bf->count[0];
+  int64_t global = local;
+  CLUDA_TRY(cluda_comm_allreduce(t->comm, &global, &global, 1, CLUDA_COMM_I64, CLUDA_COMM_SUM));
+  *cells = global;
+  *active = global > 0;
+  const double share = global > 0 ? (double)local * t->comm->size / (double)global : 0.0;
+  *value = *active ? (double)t->s.fd_lambda * bf->loss[0] * share : 0.0;
+  if (!*active || local == 0) return cluda_ok(); /* no cell here: no gradient from FD */
+  bf->dloss[0] = (float)((double)t->s.fd_lambda * share);
   cluda_tensor dloss = cluda_tensor_1d(CLUDA_F32, bf->dloss, 1);
   cluda_tensor dfd = t4(bf->dfd, CLUDA_F32, bf->B, bf->h32, bf->w32, bf->C4);
   return cluda_feature_distance_backward(ctx, student_f4, &imnet_out[3], &mask, &dloss, &dfd, NULL);
@@ -263,24 +284,15 @@ static cluda_status contrastive(cluda_trainer *t, cluda_ctx *ctx, const cluda_te
     cluda_ref_row_order_permute(B, (int64_t)ch * cw, lbl_tmp, bf->cl_lbl, weights ? w_tmp : NULL,
                                 bf->cl_weight);
   }
+  /* The contrast set: this rank's rows, or (cl.scope global) every rank's (decisions.md 14). */
   cluda_tensor rows = cluda_tensor_2d(CLUDA_F32, bf->cl_unit, M, C);
   cluda_tensor rlbl = cluda_tensor_1d(CLUDA_U8, bf->cl_lbl, M);
   cluda_tensor rw = cluda_tensor_1d(CLUDA_F32, bf->cl_weight, M);
-  const cluda_tensor *aw = weights ? &rw : NULL;
-  const cluda_tensor *cwt = weights && t->s.cl.ref_pair_weight ? &rw : NULL;
-  cluda_tensor loss = cluda_tensor_1d(CLUDA_F32, bf->loss, 1);
-  cluda_tensor stats = cluda_tensor_2d(CLUDA_F32, bf->cl_stats, M, CLUDA_CL_STATS_COLS);
-  CLUDA_TRY(
-      cluda_contrastive_forward(ctx, &t->s.cl, &rows, &rlbl, aw, &rows, &rlbl, cwt, &loss, &stats));
-  *value = bf->loss[0];
-  bf->dloss[0] = 1.0f;
-  cluda_tensor dloss = cluda_tensor_1d(CLUDA_F32, bf->dloss, 1);
-  cluda_tensor da = cluda_tensor_2d(CLUDA_F32, bf->cl_da, M, C);
   cluda_tensor dc = cluda_tensor_2d(CLUDA_F32, bf->cl_dc, M, C);
-  CLUDA_TRY(cluda_contrastive_backward(ctx, &t->s.cl, &rows, &rlbl, aw, &rows, &rlbl, cwt, &stats,
-                                       &dloss, &da, &dc, NULL, NULL));
-  /* One process: the anchors are the contrast set, so both sides add up. */
-  CLUDA_TRY(cluda_axpy(ctx, 1.0f, &da, &dc));
+  cluda_contrastive_buffers cb = {bf->cl_stats,     bf->cl_da,         bf->cl_all_rows,
+                                  bf->cl_all_drows, bf->cl_all_weight, bf->cl_all_lbl};
+  CLUDA_TRY(cluda_contrastive_rows_step(ctx, t->comm, &t->s.cl, t->s.cl_scope_global, &rows, &rlbl,
+                                        weights ? &rw : NULL, &cb, value, &dc));
   cluda_tensor dunit = t4(bf->cl_dc, CLUDA_F32, B, ch, cw, C);
   cluda_tensor dfeat = t4(bf->cl_dunit, CLUDA_F32, B, ch, cw, C);
   CLUDA_TRY(cluda_l2norm_backward(ctx, 1e-12f, &feat, &norms, &dunit, &dfeat));
@@ -303,7 +315,7 @@ static cluda_status ema_teacher(cluda_trainer *t, int64_t it, cluda_step_stats *
 static cluda_status source_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
                                  cluda_step_stats *st) {
   cluda_trainer_buffers *bf = t->buf;
-  cluda_run_mode train = {1, 1, pass_key(t, it, PASS_SOURCE)};
+  cluda_run_mode train = {1, 1, pass_key(t, it, PASS_SOURCE), t->first_sample};
   cluda_tensor x = t4(bf->src_img, CLUDA_F32, bf->B, bf->H, bf->W, 3);
   cluda_segmentor_outputs out;
   double mark = stage_start(t);
@@ -347,7 +359,7 @@ static cluda_status source_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
 static cluda_status pseudo_labels(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
                                   cluda_step_stats *st) {
   cluda_trainer_buffers *bf = t->buf;
-  cluda_run_mode teach = {0, t->s.teacher_bn_batch, pass_key(t, it, PASS_SOURCE)};
+  cluda_run_mode teach = {0, t->s.teacher_bn_batch, pass_key(t, it, PASS_SOURCE), t->first_sample};
   cluda_tensor x = t4(bf->tgt_img, CLUDA_F32, bf->B, bf->H, bf->W, 3);
   cluda_segmentor_outputs out;
   CLUDA_TRY(cluda_segmentor_forward(ctx, &t->model, &t->plan, t->teacher, t->teacher_state, &teach,
@@ -357,7 +369,13 @@ static cluda_status pseudo_labels(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
   cluda_tensor lbl = cluda_tensor_3d(CLUDA_U8, bf->pl_lbl, bf->B, bf->H, bf->W);
   int64_t confident = 0, total = 0;
   CLUDA_TRY(cluda_dacs_pseudo_label(&up, t->s.pseudo_threshold, &lbl, NULL, &confident, &total));
-  /* One process: the global-batch counts are the local ones (decisions.md 10). */
+  /* Gamma over the global batch (decisions.md 10): the counts of every rank. */
+  if (!t->s.ref_local_gamma) {
+    int64_t counts[2] = {confident, total};
+    CLUDA_TRY(cluda_comm_allreduce(t->comm, counts, counts, 2, CLUDA_COMM_I64, CLUDA_COMM_SUM));
+    confident = counts[0];
+    total = counts[1];
+  }
   st->gamma = cluda_dacs_gamma(confident, total);
   cluda_tensor valid = cluda_tensor_3d(CLUDA_U8, bf->valid, bf->B, bf->H, bf->W);
   int margins = t->s.ignore_top > 0 || t->s.ignore_bottom > 0;
@@ -382,10 +400,16 @@ static cluda_status class_mix(cluda_trainer *t, int64_t it) {
   cluda_tensor mix_w = cluda_tensor_3d(CLUDA_F32, bf->mix_weight, B, H, W);
   cluda_rng_key key =
       cluda_rng_make_key(t->s.seed, 0, (uint32_t)it, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_CLASSMIX);
-  CLUDA_TRY(cluda_dacs_classmix_masks(&src_lbl, key, &mask, NULL));
+  /* the classes of the global batch's source labels (every rank's flags, max-reduced) */
+  uint8_t classes[256];
+  int count = 0;
+  CLUDA_TRY(cluda_dacs_batch_classes(&src_lbl, classes, &count));
+  CLUDA_TRY(cluda_comm_allreduce(t->comm, classes, classes, 256, CLUDA_COMM_U8, CLUDA_COMM_MAX));
+  CLUDA_TRY(cluda_dacs_classmix_masks(&src_lbl, classes, key, t->first_sample, &mask, NULL));
   CLUDA_TRY(cluda_dacs_classmix_apply(&mask, &src, &tgt, &mix, &src_lbl, &pl_lbl, &mix_lbl, &pl_w,
                                       &mix_w));
-  return cluda_dacs_strong_augment(&t->s.aug, t->s.seed, 0, (uint32_t)it, &t->scratch, &mix, NULL);
+  return cluda_dacs_strong_augment(&t->s.aug, t->s.seed, (uint32_t)t->first_sample, (uint32_t)it,
+                                   &t->scratch, &mix, NULL);
 }
 
 /* Student forward on the mixed image, weighted CE + mixed CL (target anchors x Gamma,
@@ -393,7 +417,7 @@ static cluda_status class_mix(cluda_trainer *t, int64_t it) {
 static cluda_status mixed_terms(cluda_trainer *t, cluda_ctx *ctx, int64_t it,
                                 cluda_step_stats *st) {
   cluda_trainer_buffers *bf = t->buf;
-  cluda_run_mode train = {1, 1, pass_key(t, it, PASS_MIXED)};
+  cluda_run_mode train = {1, 1, pass_key(t, it, PASS_MIXED), t->first_sample};
   cluda_tensor x = t4(bf->mix_img, CLUDA_F32, bf->B, bf->H, bf->W, 3);
   cluda_segmentor_outputs out;
   double mark = stage_start(t);
@@ -428,6 +452,25 @@ static cluda_status check_gradients(const cluda_trainer *t, int64_t it, const ch
                     (long long)it, terms, s.message);
 }
 
+/* Data parallel: the gradient of the global batch is the average of the ranks' gradients
+ * (each rank's loss terms are scaled so that their average is the global loss), and the logged
+ * losses are the global batch's. */
+static cluda_status average_over_ranks(cluda_trainer *t, cluda_step_stats *st) {
+  if (t->comm->size == 1) return cluda_ok();
+  CLUDA_TRY(cluda_comm_allreduce(t->comm, t->grads, t->grads, t->model.params.total, CLUDA_COMM_F32,
+                                 CLUDA_COMM_AVG));
+  double v[6] = {st->loss_src, st->loss_fd,     st->loss_cl_src,
+                 st->loss_mix, st->loss_cl_mix, st->gamma};
+  CLUDA_TRY(cluda_comm_allreduce(t->comm, v, v, 6, CLUDA_COMM_F64, CLUDA_COMM_AVG));
+  st->loss_src = v[0];
+  st->loss_fd = v[1];
+  st->loss_cl_src = v[2];
+  st->loss_mix = v[3];
+  st->loss_cl_mix = v[4];
+  st->gamma = v[5];
+  return cluda_ok();
+}
+
 /* AdamW with the scheduled lrs of iteration t (algorithm.md 4.1-4.2). */
 static cluda_status optimizer_step(cluda_trainer *t, int64_t it, cluda_step_stats *st) {
   double lrs[CLUDA_OPTIM_GROUPS];
@@ -453,6 +496,7 @@ cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats) {
   st.iteration = it;
   st.gamma = NAN;
   cluda_ctx ctx = cluda_cpu_context(&t->scratch);
+  if (t->s.sync_bn && t->comm->size > 1) ctx.bn_sync = t->comm; /* decisions.md 22 */
 
   double mark = stage_start(t);                     /* timing off: stage_lap does nothing */
   if (t->s.uda) CLUDA_TRY(ema_teacher(t, it, &st)); /* 1. EMA teacher      */
@@ -474,9 +518,12 @@ cluda_status cluda_trainer_step(cluda_trainer *t, cluda_step_stats *stats) {
     mark = stage_start(t);
     CLUDA_TRY(check_gradients(t, it, "the mixed terms (loss_mix + loss_cl_mix)"));
   }
+  CLUDA_TRY(average_over_ranks(t, &st)); /*    all-reduce grads   */
   CLUDA_TRY(optimizer_step(t, it, &st)); /* 7. AdamW             */
   stage_lap(t, CLUDA_STAGE_OPTIM, &mark);
   t->iteration = it + 1;
+  if (t->s.replica_check_interval > 0 && t->iteration % t->s.replica_check_interval == 0)
+    CLUDA_TRY(cluda_trainer_check_replicas(t));
   if (stats) *stats = st;
   return cluda_ok();
 }
@@ -549,18 +596,26 @@ static cluda_status alloc_buffers(cluda_trainer *t) {
   ALLOC(bf->cl_dunit, M * (size_t)bf->Cf, "CL feature gradients");
   ALLOC(bf->cl_lbl, M, "CL labels");
   ALLOC(bf->dfused, B * (size_t)bf->h * (size_t)bf->w * (size_t)bf->Cf, "fused gradients");
+  if (t->comm->size > 1 && t->s.cl_scope_global && (t->s.cl_source || t->s.cl_mix)) {
+    size_t all = M * (size_t)t->comm->size;
+    ALLOC(bf->cl_all_rows, all * (size_t)bf->Cf, "the gathered CL rows");
+    ALLOC(bf->cl_all_drows, all * (size_t)bf->Cf, "the gathered CL row gradients");
+    ALLOC(bf->cl_all_weight, all, "the gathered CL weights");
+    ALLOC(bf->cl_all_lbl, all, "the gathered CL labels");
+  }
   return cluda_ok();
 }
 
 static void free_buffers(cluda_trainer_buffers *bf) {
   if (!bf) return;
-  void *all[] = {bf->render_rgb, bf->render_lbl, bf->src_img, bf->tgt_img,  bf->mix_img,
-                 bf->src_lbl,    bf->pl_lbl,     bf->mix_lbl, bf->mix_mask, bf->valid,
-                 bf->pl_weight,  bf->mix_weight, bf->up,      bf->dup,      bf->dlogits,
-                 bf->loss,       bf->count,      bf->dloss,   bf->fd_lbl,   bf->fd_mask,
-                 bf->dfd,        bf->cl_feat,    bf->cl_unit, bf->cl_norms, bf->cl_weight,
-                 bf->cl_stats,   bf->cl_da,      bf->cl_dc,   bf->cl_dunit, bf->cl_lbl,
-                 bf->dfused};
+  void *all[] = {
+      bf->render_rgb, bf->render_lbl,  bf->src_img,      bf->tgt_img,       bf->mix_img,
+      bf->src_lbl,    bf->pl_lbl,      bf->mix_lbl,      bf->mix_mask,      bf->valid,
+      bf->pl_weight,  bf->mix_weight,  bf->up,           bf->dup,           bf->dlogits,
+      bf->loss,       bf->count,       bf->dloss,        bf->fd_lbl,        bf->fd_mask,
+      bf->dfd,        bf->cl_feat,     bf->cl_unit,      bf->cl_norms,      bf->cl_weight,
+      bf->cl_stats,   bf->cl_da,       bf->cl_dc,        bf->cl_dunit,      bf->cl_lbl,
+      bf->dfused,     bf->cl_all_rows, bf->cl_all_drows, bf->cl_all_weight, bf->cl_all_lbl};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     free(all[i]);
   free(bf);
@@ -585,10 +640,13 @@ static cluda_status init_rcs(cluda_trainer *t) {
 
 static cluda_status trainer_setup(cluda_trainer *t, const cluda_segmentor_config *model_cfg) {
   const cluda_train_settings *s = &t->s;
-  CLUDA_REQUIRE(s->source_data.height >= s->crop_h && s->source_data.width >= s->crop_w &&
-                    s->target_data.height >= s->crop_h && s->target_data.width >= s->crop_w,
+  const cluda_synth_config *rendered = s->source_synthetic   ? &s->source_data
+                                       : s->target_synthetic ? &s->target_data
+                                                             : NULL;
+  CLUDA_REQUIRE(!rendered || (rendered->height >= s->crop_h && rendered->width >= s->crop_w),
                 CLUDA_ERR_ARG, "trainer_init: train.crop %dx%d is larger than data.size %dx%d",
-                s->crop_h, s->crop_w, s->source_data.height, s->source_data.width);
+                s->crop_h, s->crop_w, rendered ? rendered->height : 0,
+                rendered ? rendered->width : 0);
   CLUDA_TRY(cluda_segmentor_create(&t->model, model_cfg));
   t->model_created = 1;
   size_t np = t->model.params.total, ns = t->model.state.total;
@@ -613,24 +671,37 @@ static cluda_status trainer_setup(cluda_trainer *t, const cluda_segmentor_config
   CLUDA_TRY(alloc_buffers(t));
   /* Ops release their scratch before returning, so the largest single need suffices. */
   int64_t M = (int64_t)s->batch * s->cl_h * s->cl_w;
+  int64_t Mc = s->cl_scope_global ? M * t->comm->size : M;
   size_t need = t->plan.scratch_bytes;
-  size_t cl = cluda_contrastive_scratch_bytes(&s->cl, M, M);
+  size_t cl = cluda_contrastive_scratch_bytes(&s->cl, M, Mc);
   size_t blur = cluda_dacs_blur_scratch_bytes(s->crop_h, s->crop_w, 3);
   if (cl > need) need = cl;
   if (blur > need) need = blur;
   CLUDA_TRY(cluda_arena_create(&t->scratch, need + (1u << 20)));
   t->scratch_created = 1;
-  if (s->rcs) CLUDA_TRY(init_rcs(t));
+  if (s->rcs && s->source_synthetic) CLUDA_TRY(init_rcs(t)); /* data sets: the loader's RCS */
   return cluda_ok();
 }
 
 cluda_status cluda_trainer_init(cluda_trainer *t, const cluda_train_settings *settings,
-                                const cluda_segmentor_config *model_cfg) {
+                                const cluda_segmentor_config *model_cfg, cluda_comm *comm) {
   CLUDA_REQUIRE(t != NULL && settings != NULL && model_cfg != NULL, CLUDA_ERR_ARG,
                 "trainer_init: NULL argument");
   memset(t, 0, sizeof *t);
   t->s = *settings;
   t->hooks.nan_iteration = -1;
+  if (comm) {
+    t->comm = comm;
+  } else {
+    cluda_comm_init_self(&t->self_comm);
+    t->comm = &t->self_comm;
+  }
+  t->first_sample = (uint64_t)t->comm->rank * (uint64_t)settings->batch;
+  double factor = 1.0; /* decisions.md 21: the defaults are tuned for 2 images per domain */
+  cluda_status sc =
+      cluda_lr_scale_factor(settings->lr_scaling, settings->batch * t->comm->size, 2, &factor);
+  if (sc.code != CLUDA_OK) return sc;
+  t->s.adamw.lr *= factor;
   CLUDA_REQUIRE(model_cfg->head.num_classes == CLUDA_SYNTH_CLASSES, CLUDA_ERR_ARG,
                 "trainer_init: model.num_classes = %d, but the synthetic data has %d classes",
                 model_cfg->head.num_classes, CLUDA_SYNTH_CLASSES);
@@ -656,4 +727,54 @@ void cluda_trainer_free(cluda_trainer *t) {
   free(t->teacher_state);
   if (t->model_created) cluda_segmentor_free(&t->model);
   memset(t, 0, sizeof *t);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Replicas (data parallel)
+ * --------------------------------------------------------------------------------------- */
+
+cluda_status cluda_trainer_broadcast_state(cluda_trainer *t) {
+  CLUDA_REQUIRE(t != NULL && t->buf != NULL, CLUDA_ERR_ARG,
+                "trainer_broadcast_state: trainer not initialised");
+  if (t->comm->size == 1) return cluda_ok();
+  const size_t np = t->model.params.total, ns = t->model.state.total;
+  float *const params[] = {t->student, t->teacher, t->imnet, t->opt.m, t->opt.v};
+  for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
+    CLUDA_TRY(cluda_comm_broadcast(t->comm, params[i], np, CLUDA_COMM_F32, 0));
+  CLUDA_TRY(cluda_comm_broadcast(t->comm, t->student_state, ns, CLUDA_COMM_F32, 0));
+  CLUDA_TRY(cluda_comm_broadcast(t->comm, t->teacher_state, ns, CLUDA_COMM_F32, 0));
+  int64_t counters[2] = {t->iteration, t->opt.step};
+  CLUDA_TRY(cluda_comm_broadcast(t->comm, counters, 2, CLUDA_COMM_I64, 0));
+  t->iteration = counters[0];
+  t->opt.step = counters[1];
+  return cluda_ok();
+}
+
+cluda_status cluda_trainer_check_replicas(cluda_trainer *t) {
+  CLUDA_REQUIRE(t != NULL && t->buf != NULL, CLUDA_ERR_ARG,
+                "trainer_check_replicas: trainer not initialised");
+  const size_t np = t->model.params.total * sizeof(float);
+  const size_t ns = t->model.state.total * sizeof(float);
+  CLUDA_TRY(cluda_comm_check_replicated(t->comm, t->student, np, "the student parameters"));
+  CLUDA_TRY(cluda_comm_check_replicated(t->comm, t->teacher, np, "the teacher parameters"));
+  CLUDA_TRY(cluda_comm_check_replicated(t->comm, t->opt.m, np, "the AdamW first moments"));
+  CLUDA_TRY(cluda_comm_check_replicated(t->comm, t->opt.v, np, "the AdamW second moments"));
+  /* BN running statistics are per rank unless model.sync_bn (decisions.md 22) */
+  if (t->s.sync_bn)
+    CLUDA_TRY(cluda_comm_check_replicated(t->comm, t->student_state, ns,
+                                          "the student BatchNorm statistics"));
+  return cluda_ok();
+}
+
+cluda_status cluda_trainer_adopt_student(cluda_trainer *t) {
+  CLUDA_REQUIRE(t != NULL && t->buf != NULL, CLUDA_ERR_ARG,
+                "trainer_adopt_student: trainer not initialised");
+  CLUDA_REQUIRE(t->iteration == 0, CLUDA_ERR_ARG,
+                "trainer_adopt_student: only before the first step (iteration is %lld)",
+                (long long)t->iteration);
+  const size_t np = t->model.params.total, ns = t->model.state.total;
+  memcpy(t->teacher, t->student, np * sizeof(float));
+  memcpy(t->imnet, t->student, np * sizeof(float));
+  memcpy(t->teacher_state, t->student_state, ns * sizeof(float));
+  return cluda_ok();
 }

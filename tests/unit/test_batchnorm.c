@@ -5,12 +5,17 @@
  * inference, with dx overwritten and dgamma / dbeta accumulated; edge cases (batch 1, 1x1
  * spatial, N*H*W = 1 rejected in training, momentum 0 and 1, a large mean); a threaded shape,
  * bit-identical for 1 and 2 threads; scratch / stack partials and 1-3 threads bit-identical;
- * and argument validation. */
+ * and argument validation. Synchronised statistics (ctx->bn_sync) without MPI, through
+ * stand-in communicators: one rank changes nothing; two ranks holding the same batch give
+ * the same bits as one (only the unbiased running variance sees the doubled count), in the
+ * expected collective sequence, none in inference; the global count admits N*H*W = 1 per
+ * rank; comm errors come back as statuses. tests/mpi/test_sync_batchnorm.c runs real ranks. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluda/comm.h"
 #include "testing.h"
 
 typedef struct bn_ref {
@@ -385,6 +390,204 @@ static void check_validation(void) {
              CLUDA_ERR_ARG, "dbeta is NULL");
 }
 
+/* ---- synchronised statistics through stand-in communicators ---- */
+
+enum { MIRROR_LOG = 8 };
+
+/* A communicator of two ranks that hold the same data: an all-reduce sum doubles (exactly).
+ * Logs its calls; call number fail_at fails instead. */
+typedef struct mirror {
+  int calls, fail_at;
+  size_t counts[MIRROR_LOG];
+  cluda_comm_dtype dtypes[MIRROR_LOG];
+} mirror;
+
+static cluda_status mirror_allreduce(cluda_comm *c, const void *send, void *recv, size_t count,
+                                     cluda_comm_dtype dt, cluda_comm_op op) {
+  mirror *m = c->impl;
+  const int k = m->calls++;
+  if (k < MIRROR_LOG) m->counts[k] = count, m->dtypes[k] = dt;
+  CLUDA_REQUIRE(k != m->fail_at, CLUDA_ERR_COMM, "mirror: all-reduce %d fails", k);
+  CLUDA_REQUIRE(op == CLUDA_COMM_SUM, CLUDA_ERR_ARG, "mirror: op %s", cluda_comm_op_name(op));
+  for (size_t i = 0; i < count; i++) {
+    if (dt == CLUDA_COMM_F64)
+      ((double *)recv)[i] = 2.0 * ((const double *)send)[i];
+    else if (dt == CLUDA_COMM_I64)
+      ((int64_t *)recv)[i] = 2 * ((const int64_t *)send)[i];
+    else
+      return CLUDA_FAIL(CLUDA_ERR_ARG, "mirror: dtype %s", cluda_comm_dtype_name(dt));
+  }
+  return cluda_ok();
+}
+
+static const cluda_comm_ops mirror_ops = {.name = "mirror", .allreduce = mirror_allreduce};
+
+static cluda_comm mirror_comm(mirror *m, int fail_at) {
+  memset(m, 0, sizeof *m);
+  m->fail_at = fail_at;
+  cluda_comm c = {.ops = &mirror_ops, .rank = 0, .size = 2, .local_size = 2, .device = -1};
+  c.impl = m;
+  return c;
+}
+
+/* Everything one forward + backward reads and writes: x, dy, y, dx [n] then g, b, rm, rv, sm,
+ * sr, dg, db [c]. */
+typedef struct bn_bufs {
+  int bn, h, w, c;
+  int64_t n;
+  float *mem;
+} bn_bufs;
+
+static bn_bufs bufs_make(int bn, int h, int w, int c, uint64_t seed) {
+  bn_bufs B = {bn, h, w, c, (int64_t)bn * h * w * c, NULL};
+  B.mem = test_alloc_f32(4 * B.n + 8 * c);
+  test_fill_uniform(B.mem, 2 * B.n, -1.0f, 3.0f, seed, 0);
+  test_fill_uniform(B.mem + 2 * B.n, 2 * B.n + 8 * c, 0.5f, 1.5f, seed, 1);
+  return B;
+}
+
+/* Forward, then backward when the forward succeeded (training or not) with ctx; the statuses
+ * are returned in *fs / *bs (*bs = *fs after a failed forward). */
+static void bufs_run(cluda_ctx *ctx, int training, bn_bufs *B, cluda_status *fs, cluda_status *bs) {
+  float *m = B->mem;
+  cluda_tensor t4[4], t1[8];
+  for (int i = 0; i < 4; i++)
+    t4[i] = cluda_tensor_4d(CLUDA_F32, m + i * B->n, B->bn, B->h, B->w, B->c);
+  for (int i = 0; i < 8; i++)
+    t1[i] = cluda_tensor_1d(CLUDA_F32, m + 4 * B->n + (int64_t)i * B->c, B->c);
+  cluda_batchnorm_params p = {1e-5f, 0.1f, training};
+  *fs = cluda_batchnorm_forward(ctx, &p, &t4[0], &t1[0], &t1[1], &t1[2], &t1[3], &t4[2], &t1[4],
+                                &t1[5]);
+  if (fs->code != CLUDA_OK) {
+    *bs = *fs;
+    return;
+  }
+  *bs = cluda_batchnorm_backward(ctx, &p, &t4[0], &t1[0], &t1[4], &t1[5], &t4[1], &t4[3], &t1[6],
+                                 &t1[7]);
+}
+
+/* One rank (a self communicator) and two ranks with the same batch against bn_sync NULL. */
+static void check_sync_mirror(int bn, int h, int w, int c, int training) {
+  bn_bufs ref = bufs_make(bn, h, w, c, 51), one = bufs_make(bn, h, w, c, 51),
+          two = bufs_make(bn, h, w, c, 51);
+  const size_t bytes = (size_t)(4 * ref.n + 8 * c) * 4;
+  const int64_t rv = 4 * ref.n + 3 * c; /* running_var */
+  float *rv0 = test_alloc_f32(c);
+  memcpy(rv0, ref.mem + rv, (size_t)c * 4);
+  cluda_comm self;
+  cluda_comm_init_self(&self);
+  mirror m;
+  cluda_comm pair = mirror_comm(&m, -1);
+  cluda_ctx ctx = cluda_cpu_context(NULL), ctx_one = ctx, ctx_two = ctx;
+  ctx_one.bn_sync = &self, ctx_two.bn_sync = &pair;
+  cluda_status fs, bs;
+  bufs_run(&ctx, training, &ref, &fs, &bs);
+  TEST_OK(fs), TEST_OK(bs);
+  bufs_run(&ctx_one, training, &one, &fs, &bs);
+  TEST_OK(fs), TEST_OK(bs);
+  bufs_run(&ctx_two, training, &two, &fs, &bs);
+  TEST_OK(fs), TEST_OK(bs);
+  const char *mode = training ? "train" : "eval";
+  TEST_CHECK(memcmp(one.mem, ref.mem, bytes) == 0,
+             "batchnorm %s [%d,%d,%d,%d]: bn_sync of one rank is bit-identical to NULL", mode, bn,
+             h, w, c);
+  /* the running variance aside, doubling every sum keeps every bit */
+  int same = memcmp(two.mem, ref.mem, (size_t)rv * 4) == 0 &&
+             memcmp(two.mem + rv + c, ref.mem + rv + c, (size_t)(4 * c) * 4) == 0;
+  TEST_CHECK(same, "batchnorm %s [%d,%d,%d,%d]: two ranks with the same batch give one's bits",
+             mode, bn, h, w, c);
+  if (!training) {
+    TEST_CHECK(memcmp(two.mem + rv, ref.mem + rv, (size_t)c * 4) == 0 && m.calls == 0,
+               "batchnorm eval [%d,%d,%d,%d]: bn_sync communicates nothing (%d calls)", bn, h, w, c,
+               m.calls);
+  } else {
+    /* unbiased over the global count: (1 - m) rv0 + m (2 sum (x - mean)^2) / (2 N*H*W - 1) */
+    const int64_t rows = (int64_t)bn * h * w;
+    const double mom = 0.1f;
+    double *want = test_alloc_f64(c);
+    for (int ch = 0; ch < c; ch++) {
+      double mean = 0.0, ss = 0.0;
+      for (int64_t r = 0; r < rows; r++)
+        mean += ref.mem[r * c + ch];
+      mean /= (double)rows;
+      for (int64_t r = 0; r < rows; r++)
+        ss += (ref.mem[r * c + ch] - mean) * (ref.mem[r * c + ch] - mean);
+      want[ch] = (1.0 - mom) * rv0[ch] + mom * 2.0 * ss / (2.0 * (double)rows - 1.0);
+    }
+    test_compare("batchnorm train: two ranks' running_var uses the global count", two.mem + rv,
+                 want, c, 1e-6, 1e-6);
+    free(want);
+    /* the count, then per panel of <= 2048 channels the sums and the squared deviations
+     * (forward) and sum(dy) with sum(dy xhat) (backward) */
+    size_t counts[MIRROR_LOG];
+    cluda_comm_dtype dtypes[MIRROR_LOG];
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++) {
+      counts[k] = 1, dtypes[k++] = CLUDA_COMM_I64;
+      for (int p0 = 0; p0 < c; p0 += 2048) {
+        const size_t pw = (size_t)(c - p0 < 2048 ? c - p0 : 2048);
+        for (int j = 0; j < (pass == 0 ? 2 : 1); j++)
+          counts[k] = pass == 0 ? pw : 2 * pw, dtypes[k++] = CLUDA_COMM_F64;
+      }
+    }
+    int order = m.calls == k;
+    for (int i = 0; i < k && order; i++)
+      order = m.counts[i] == counts[i] && m.dtypes[i] == dtypes[i];
+    TEST_CHECK(order, "batchnorm train [%d,%d,%d,%d]: %d all-reduces in the expected order (%d)",
+               bn, h, w, c, m.calls, k);
+  }
+  free(ref.mem), free(one.mem), free(two.mem), free(rv0);
+}
+
+/* N*H*W = 1 on each of two ranks is two values per channel: training proceeds. */
+static void check_sync_single_value(void) {
+  mirror m;
+  cluda_comm pair = mirror_comm(&m, -1);
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  ctx.bn_sync = &pair;
+  bn_bufs B = bufs_make(1, 1, 1, 4, 53);
+  cluda_status fs, bs;
+  bufs_run(&ctx, 1, &B, &fs, &bs);
+  TEST_OK(fs), TEST_OK(bs);
+  TEST_CHECK(m.calls == 5, "batchnorm: N*H*W = 1 per rank trains over two ranks (%d calls)",
+             m.calls);
+  free(B.mem);
+}
+
+/* A failing all-reduce comes back as its status: the count first, so nothing is written;
+ * later ones with the scratch partials released. */
+static void check_sync_errors(void) {
+  cluda_arena arena;
+  TEST_OK(cluda_arena_create(&arena, (size_t)1 << 20));
+  bn_bufs B = bufs_make(4, 16, 16, 1100, 55); /* partials from the scratch arena */
+  const size_t bytes = (size_t)(4 * B.n + 8 * B.c) * 4;
+  float *before = test_alloc_f32(4 * B.n + 8 * B.c);
+  memcpy(before, B.mem, bytes);
+  mirror m;
+  cluda_comm pair = mirror_comm(&m, 0);
+  cluda_ctx ctx = cluda_cpu_context(&arena);
+  ctx.bn_sync = &pair;
+  cluda_status fs, bs;
+  bufs_run(&ctx, 1, &B, &fs, &bs);
+  TEST_FAILS(fs, CLUDA_ERR_COMM, "all-reduce 0 fails");
+  TEST_CHECK(memcmp(before, B.mem, bytes) == 0,
+             "batchnorm: a failed count all-reduce writes nothing");
+  for (int fail_at = 1; fail_at <= 2; fail_at++) {
+    pair = mirror_comm(&m, fail_at);
+    bufs_run(&ctx, 1, &B, &fs, &bs);
+    TEST_FAILS(fs, CLUDA_ERR_COMM, "fails");
+    TEST_CHECK(arena.used == 0, "batchnorm forward: scratch released after all-reduce %d failed",
+               fail_at);
+  }
+  pair = mirror_comm(&m, 4); /* the forward's 3, the backward's count, then its sums */
+  bufs_run(&ctx, 1, &B, &fs, &bs);
+  TEST_OK(fs);
+  TEST_FAILS(bs, CLUDA_ERR_COMM, "all-reduce 4 fails");
+  TEST_CHECK(arena.used == 0, "batchnorm backward: scratch released after a failed all-reduce");
+  cluda_arena_destroy(&arena);
+  free(B.mem), free(before);
+}
+
 int main(int argc, char **argv) {
   (void)argc;
   for (int training = 0; training <= 1; training++) {
@@ -402,5 +605,12 @@ int main(int argc, char **argv) {
   check_threaded(0);
   check_scratch_paths();
   check_validation();
+  for (int training = 0; training <= 1; training++) {
+    check_sync_mirror(2, 3, 5, 5, training);
+    check_sync_mirror(2, 3, 5, 2100, training); /* two channel panels */
+  }
+  check_sync_mirror(2, 16, 16, 72, 1); /* threaded */
+  check_sync_single_value();
+  check_sync_errors();
   return test_finish(argv[0]);
 }

@@ -277,7 +277,7 @@ static void test_classmix(void) {
   for (int t = 0; t < trials; t++) {
     cluda_rng_key key =
         cluda_rng_make_key(7, 0, (uint32_t)t, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_CLASSMIX);
-    bad_count += cluda_dacs_classmix_masks(&tl, key, &tm, &tc).code != CLUDA_OK;
+    bad_count += cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm, &tc).code != CLUDA_OK;
     for (int i = 0; i < b; i++) {
       int k = 0;
       for (int v = 0; v < 256; v++) {
@@ -307,13 +307,13 @@ static void test_classmix(void) {
   for (int64_t i = 0; i < n; i++)
     lab[i] = (uint8_t)((i % 4) * 5);
   cluda_rng_key key = cluda_rng_make_key(7, 1, 3, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_CLASSMIX);
-  TEST_OK(cluda_dacs_classmix_masks(&tl, key, &tm, &tc));
+  TEST_OK(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm, &tc));
   int k0 = 0, k1 = 0;
   for (int v = 0; v < 256; v++)
     k0 += chosen[v], k1 += chosen[256 + v];
   TEST_CHECK(k0 == 2 && k1 == 2, "even |C| = 4: 2 classes per sample (%d, %d)", k0, k1);
   memset(lab, 255, (size_t)n);
-  TEST_OK(cluda_dacs_classmix_masks(&tl, key, &tm, NULL));
+  TEST_OK(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm, NULL));
   int ones = 0;
   for (int64_t i = 0; i < n; i++)
     ones += mask[i];
@@ -325,10 +325,27 @@ static void test_classmix(void) {
   uint8_t *m2 = test_alloc((size_t)n);
   cluda_tensor tm2 = cluda_tensor_3d(CLUDA_U8, m2, b, h, w);
   omp_set_num_threads(1);
-  TEST_OK(cluda_dacs_classmix_masks(&tl, key, &tm, NULL));
+  TEST_OK(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm, NULL));
   omp_set_num_threads(2);
-  TEST_OK(cluda_dacs_classmix_masks(&tl, key, &tm2, NULL));
+  TEST_OK(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm2, NULL));
   TEST_CHECK(memcmp(mask, m2, (size_t)n) == 0, "classmix masks: same key, 1 vs 2 threads");
+
+  /* data parallel: halves of the batch with the whole batch's classes and first_sample give
+   * the whole batch's masks */
+  if (b % 2 == 0) {
+    uint8_t present[256];
+    int count = 0;
+    TEST_OK(cluda_dacs_batch_classes(&tl, present, &count));
+    const int half = b / 2;
+    const int64_t half_n = n / 2;
+    for (int part = 0; part < 2; part++) {
+      cluda_tensor pl = cluda_tensor_3d(CLUDA_U8, lab + part * half_n, half, h, w);
+      cluda_tensor pm = cluda_tensor_3d(CLUDA_U8, m2 + part * half_n, half, h, w);
+      TEST_OK(cluda_dacs_classmix_masks(&pl, present, key, (uint64_t)(part * half), &pm, NULL));
+    }
+    TEST_CHECK(memcmp(mask, m2, (size_t)n) == 0,
+               "classmix masks: two halves with batch_classes + first_sample = the whole batch");
+  }
 
   /* mixing */
   const int c = 3;
@@ -365,11 +382,11 @@ static void test_classmix(void) {
   TEST_OK(cluda_dacs_classmix_apply(&tm, NULL, NULL, NULL, NULL, NULL, NULL, &ttw, &tmw));
 
   /* bad input */
-  TEST_FAILS(cluda_dacs_classmix_masks(NULL, key, &tm, NULL), CLUDA_ERR_ARG, "src_labels");
+  TEST_FAILS(cluda_dacs_classmix_masks(NULL, NULL, key, 0, &tm, NULL), CLUDA_ERR_ARG, "src_labels");
   cluda_tensor badc = cluda_tensor_2d(CLUDA_U8, chosen, b, 255);
-  TEST_FAILS(cluda_dacs_classmix_masks(&tl, key, &tm, &badc), CLUDA_ERR_SHAPE, "chosen");
+  TEST_FAILS(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &tm, &badc), CLUDA_ERR_SHAPE, "chosen");
   cluda_tensor badm = cluda_tensor_3d(CLUDA_U8, mask, b, h - 1, w);
-  TEST_FAILS(cluda_dacs_classmix_masks(&tl, key, &badm, NULL), CLUDA_ERR_SHAPE, "mask");
+  TEST_FAILS(cluda_dacs_classmix_masks(&tl, NULL, key, 0, &badm, NULL), CLUDA_ERR_SHAPE, "mask");
   cluda_tensor badi = cluda_tensor_4d(CLUDA_F32, mi, b, h, w, 2);
   TEST_FAILS(cluda_dacs_classmix_apply(&tm, &tsi, &tti, &badi, NULL, NULL, NULL, NULL, NULL),
              CLUDA_ERR_SHAPE, "mix_img");
@@ -695,16 +712,16 @@ static void test_strong_augment(void) {
     if (rec.jittered) {
       cluda_jitter_params p[2];
       cluda_rng_key k =
-          cluda_rng_make_key(5, 1, (uint32_t)it, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_JITTER);
-      cluda_dacs_jitter_draw(k, 0, 0.2f, &p[0]);
-      cluda_dacs_jitter_draw(k, 1, 0.2f, &p[1]);
+          cluda_rng_make_key(5, 0, (uint32_t)it, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_JITTER);
+      cluda_dacs_jitter_draw(k, 1, 0.2f, &p[0]); /* first_sample 1: samples 1 and 2 */
+      cluda_dacs_jitter_draw(k, 2, 0.2f, &p[1]);
       TEST_OK(cluda_dacs_color_jitter(p, cfg.mean, cfg.std, &tz));
     }
     if (rec.blurred) {
       cluda_rng_key k =
-          cluda_rng_make_key(5, 1, (uint32_t)it, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_BLUR);
-      float sg[2] = {cluda_dacs_blur_sigma_draw(k, 0, 0.15f, 1.15f),
-                     cluda_dacs_blur_sigma_draw(k, 1, 0.15f, 1.15f)};
+          cluda_rng_make_key(5, 0, (uint32_t)it, CLUDA_RNG_AUGMENT, CLUDA_DACS_SLOT_BLUR);
+      float sg[2] = {cluda_dacs_blur_sigma_draw(k, 1, 0.15f, 1.15f),
+                     cluda_dacs_blur_sigma_draw(k, 2, 0.15f, 1.15f)};
       bad += sg[0] < 0.15f || sg[0] > 1.15f || sg[0] == sg[1];
       TEST_OK(cluda_dacs_gaussian_blur(sg, NULL, &tz));
     }

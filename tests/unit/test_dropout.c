@@ -62,7 +62,7 @@ static void check_mode(cluda_dropout_mode mode, float p, cluda_tensor shape, int
   tdx.data = dx;
   cluda_tensor tm = mask_ndim == 1 ? cluda_tensor_1d(CLUDA_U8, mask, m0)
                                    : cluda_tensor_2d(CLUDA_U8, mask, m0, m1);
-  cluda_dropout_params par = {p, mode, key_for(3, 1)};
+  cluda_dropout_params par = {p, mode, key_for(3, 1), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &par, &tx, &ty, &tm));
 
   /* the mask is the one the key defines: keep iff u >= p */
@@ -141,7 +141,7 @@ static void check_rate_and_keys(void) {
   cluda_tensor ty1 = cluda_tensor_2d(CLUDA_F32, y1, 1024, 1024);
   cluda_tensor ty2 = cluda_tensor_2d(CLUDA_F32, y2, 1024, 1024);
   cluda_tensor tm1 = cluda_tensor_1d(CLUDA_U8, m1, n), tm2 = cluda_tensor_1d(CLUDA_U8, m2, n);
-  cluda_dropout_params par = {p, CLUDA_DROPOUT_ELEMENT, key_for(5, 2)};
+  cluda_dropout_params par = {p, CLUDA_DROPOUT_ELEMENT, key_for(5, 2), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &par, &tx, &ty1, &tm1));
   int64_t kept = 0;
   for (int i = 0; i < n; i++)
@@ -160,7 +160,7 @@ static void check_rate_and_keys(void) {
              threads > 1 ? 1 : 2);
 
   /* another slot or iteration: a different mask (with the same keep rate) */
-  cluda_dropout_params other_slot = {p, CLUDA_DROPOUT_ELEMENT, key_for(5, 3)};
+  cluda_dropout_params other_slot = {p, CLUDA_DROPOUT_ELEMENT, key_for(5, 3), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &other_slot, &tx, &ty2, &tm2));
   int64_t differ = 0;
   for (int i = 0; i < n; i++)
@@ -169,7 +169,7 @@ static void check_rate_and_keys(void) {
   TEST_CHECK(fabs((double)differ / n - 2 * p * (1 - p)) < 0.01,
              "dropout: another slot gives an independent mask (%lld of %d differ)",
              (long long)differ, n);
-  cluda_dropout_params other_iter = {p, CLUDA_DROPOUT_ELEMENT, key_for(6, 2)};
+  cluda_dropout_params other_iter = {p, CLUDA_DROPOUT_ELEMENT, key_for(6, 2), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &other_iter, &tx, &ty2, &tm2));
   differ = 0;
   for (int i = 0; i < n; i++)
@@ -182,7 +182,7 @@ static void check_rate_and_keys(void) {
   cluda_tensor tx4 = cluda_tensor_4d(CLUDA_F32, x, 64, 4, 4, 1024); /* mask 64 x 1024 */
   cluda_tensor ty4 = cluda_tensor_4d(CLUDA_F32, y1, 64, 4, 4, 1024);
   cluda_tensor tmc = cluda_tensor_2d(CLUDA_U8, m1, 64, 1024);
-  cluda_dropout_params chan = {0.1f, CLUDA_DROPOUT_CHANNEL, key_for(1, 0)};
+  cluda_dropout_params chan = {0.1f, CLUDA_DROPOUT_CHANNEL, key_for(1, 0), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &chan, &tx4, &ty4, &tmc));
   kept = 0;
   for (int i = 0; i < 64 * 1024; i++)
@@ -193,7 +193,7 @@ static void check_rate_and_keys(void) {
   cluda_tensor txs = cluda_tensor_2d(CLUDA_F32, x, 16384, 64);
   cluda_tensor tys = cluda_tensor_2d(CLUDA_F32, y1, 16384, 64);
   cluda_tensor tms = cluda_tensor_1d(CLUDA_U8, m1, 16384);
-  cluda_dropout_params samp = {0.5f, CLUDA_DROPOUT_SAMPLE, key_for(1, 1)};
+  cluda_dropout_params samp = {0.5f, CLUDA_DROPOUT_SAMPLE, key_for(1, 1), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &samp, &txs, &tys, &tms));
   kept = 0;
   for (int i = 0; i < 16384; i++)
@@ -208,6 +208,39 @@ static void check_rate_and_keys(void) {
   free(m2);
 }
 
+/* Data parallel: the masks of a batch split over ranks (first_sample = rank * local batch)
+ * are the slices of the whole batch's masks, for every mode. */
+static void check_first_sample_split(void) {
+  cluda_ctx ctx = cluda_cpu_context(NULL);
+  enum { N = 4, H = 3, W = 5, C = 6, PER = H * W * C };
+  static float x[N * PER], y[N * PER];
+  static uint8_t whole[N * PER], part[N * PER];
+  const cluda_dropout_mode modes[3] = {CLUDA_DROPOUT_ELEMENT, CLUDA_DROPOUT_CHANNEL,
+                                       CLUDA_DROPOUT_SAMPLE};
+  const int per_sample[3] = {PER, C, 1};
+  test_fill_uniform(x, N * PER, -1.0f, 1.0f, 3, 0);
+  for (int m = 0; m < 3; m++) {
+    const int per = per_sample[m];
+    cluda_dropout_params p = {0.5f, modes[m], key_for(2, 3), 0};
+    cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, N, H, W, C);
+    cluda_tensor ty = cluda_tensor_4d(CLUDA_F32, y, N, H, W, C);
+    cluda_tensor tm =
+        per == 1 ? cluda_tensor_1d(CLUDA_U8, whole, N) : cluda_tensor_2d(CLUDA_U8, whole, N, per);
+    TEST_OK(cluda_dropout_forward(&ctx, &p, &tx, &ty, &tm));
+    for (int first = 0; first < N; first += 2) { /* two "ranks" of 2 samples */
+      p.first_sample = (uint64_t)first;
+      cluda_tensor sx = cluda_tensor_4d(CLUDA_F32, x + first * PER, 2, H, W, C);
+      cluda_tensor sy = cluda_tensor_4d(CLUDA_F32, y, 2, H, W, C);
+      uint8_t *slice = part + first * per;
+      cluda_tensor sm =
+          per == 1 ? cluda_tensor_1d(CLUDA_U8, slice, 2) : cluda_tensor_2d(CLUDA_U8, slice, 2, per);
+      TEST_OK(cluda_dropout_forward(&ctx, &p, &sx, &sy, &sm));
+    }
+    TEST_CHECK(memcmp(whole, part, (size_t)(N * per)) == 0,
+               "mode %d: masks of 2 x 2 samples with first_sample equal the 4-sample masks", m);
+  }
+}
+
 static void check_validation(void) {
   cluda_ctx ctx = cluda_cpu_context(NULL);
   static float x[2 * 3 * 4 * 5], y[2 * 3 * 4 * 5];
@@ -217,9 +250,9 @@ static void check_validation(void) {
   cluda_tensor me = cluda_tensor_1d(CLUDA_U8, m, 120);
   cluda_tensor mc = cluda_tensor_2d(CLUDA_U8, m, 2, 5);
   cluda_tensor ms = cluda_tensor_1d(CLUDA_U8, m, 2);
-  cluda_dropout_params el = {0.2f, CLUDA_DROPOUT_ELEMENT, key_for(0, 0)};
-  cluda_dropout_params ch = {0.2f, CLUDA_DROPOUT_CHANNEL, key_for(0, 0)};
-  cluda_dropout_params sa = {0.2f, CLUDA_DROPOUT_SAMPLE, key_for(0, 0)};
+  cluda_dropout_params el = {0.2f, CLUDA_DROPOUT_ELEMENT, key_for(0, 0), 0};
+  cluda_dropout_params ch = {0.2f, CLUDA_DROPOUT_CHANNEL, key_for(0, 0), 0};
+  cluda_dropout_params sa = {0.2f, CLUDA_DROPOUT_SAMPLE, key_for(0, 0), 0};
   TEST_OK(cluda_dropout_forward(&ctx, &el, &tx, &ty, &me));
   TEST_OK(cluda_dropout_forward(&ctx, &ch, &tx, &ty, &mc));
   TEST_OK(cluda_dropout_forward(&ctx, &sa, &tx, &ty, &ms));
@@ -229,11 +262,11 @@ static void check_validation(void) {
   /* p outside [0, 1), bad mode, NULL params */
   const float bad_p[] = {-0.1f, 1.0f, 1.5f, NAN};
   for (int i = 0; i < 4; i++) {
-    cluda_dropout_params bp = {bad_p[i], CLUDA_DROPOUT_ELEMENT, key_for(0, 0)};
+    cluda_dropout_params bp = {bad_p[i], CLUDA_DROPOUT_ELEMENT, key_for(0, 0), 0};
     TEST_FAILS(cluda_dropout_forward(&ctx, &bp, &tx, &ty, &me), CLUDA_ERR_ARG, "p->p");
     TEST_FAILS(cluda_dropout_backward(&ctx, &bp, &me, &ty, &tx), CLUDA_ERR_ARG, "p->p");
   }
-  cluda_dropout_params bm = {0.2f, (cluda_dropout_mode)7, key_for(0, 0)};
+  cluda_dropout_params bm = {0.2f, (cluda_dropout_mode)7, key_for(0, 0), 0};
   TEST_FAILS(cluda_dropout_forward(&ctx, &bm, &tx, &ty, &me), CLUDA_ERR_ARG, "mode");
   TEST_FAILS(cluda_dropout_forward(&ctx, NULL, &tx, &ty, &me), CLUDA_ERR_ARG, "p is NULL");
 
@@ -286,6 +319,7 @@ int main(int argc, char **argv) {
   check_mode(CLUDA_DROPOUT_CHANNEL, 0.0f, cluda_tensor_4d(CLUDA_F32, NULL, 2, 3, 5, 7), 2, 2, 7, 0);
   check_mode(CLUDA_DROPOUT_SAMPLE, 0.0f, cluda_tensor_4d(CLUDA_F32, NULL, 2, 3, 5, 7), 1, 2, 0, 0);
   check_rate_and_keys();
+  check_first_sample_split();
   check_validation();
   return test_finish(argv[0]);
 }

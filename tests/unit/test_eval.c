@@ -1,7 +1,10 @@
 /* Evaluation library: the confusion matrix and mIoU against a hand-computed example and a
- * naive per-class reference on random maps (nanmean rule, 255 ignored, merge = sum), the
- * 16/13-class protocols, reports, the sliding-window grid against mmseg's loop (count map),
- * slide = whole when one window covers the image, and directory pairing. */
+ * naive per-class reference on random maps (nanmean rule, 255 ignored, merge = sum), "no
+ * class" predictions (cityscapesscripts' false negatives), the 16/13-class protocols,
+ * reports, the test resize (mmcv sizes from the spec, pixels against cv2's own output), the
+ * sliding-window grid against mmseg's loop (count map), slide = whole when one window covers
+ * the image, scores upsampled to the label size, directory pairing and Cityscapes prediction
+ * matching. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +73,41 @@ static void test_hand_example(void) {
     cluda_confusion_free(&other);
   }
   TEST_FAILS(cluda_confusion_create(&other, 0), CLUDA_ERR_ARG, "num_classes");
+  cluda_confusion_free(&cm);
+}
+
+/* Predictions of no class (255), by hand, 3 classes:
+ *   label: 0 0 1 255 2 2      pred: 0 255 255 1 2 0
+ * class 0: I 1; labelled 2 (one predicted no class), predicted 2 (px 0, 5) -> U 3, IoU 1/3
+ * class 1: I 0; labelled 1 (predicted no class); its prediction sits on the ignored pixel and
+ *          is no false positive -> U 1, IoU 0 (cityscapesscripts: TP 0, FN 1, FP 0)
+ * class 2: I 1; labelled 2, predicted 1 -> U 2, IoU 0.5
+ * mIoU = (1/3 + 0 + 0.5) / 3; aAcc = 2 / 5 (no-class pixels are labelled and wrong). */
+static void test_no_class(void) {
+  const uint8_t label[6] = {0, 0, 1, 255, 2, 2}, pred[6] = {0, 255, 255, 1, 2, 0};
+  cluda_confusion cm, other;
+  if (!TEST_OK(cluda_confusion_create(&cm, 3))) return;
+  TEST_OK(cluda_confusion_add(&cm, pred, label, 6));
+  cluda_seg_metrics m;
+  if (TEST_OK(cluda_seg_metrics_compute(&cm, CLUDA_PROTOCOL_ALL, &m))) {
+    TEST_CHECK(m.no_class[0] == 1 && m.no_class[1] == 1 && m.no_class[2] == 0 &&
+                   m.label_area[0] == 2 && m.label_area[1] == 1 && m.pred_area[1] == 0,
+               "no class: counted in the label areas only");
+    TEST_CHECK(near(m.iou[0], 1.0 / 3) && near(m.iou[1], 0) && near(m.iou[2], 0.5),
+               "no class: IoU 1/3, 0, 0.5 (got %g %g %g)", m.iou[0], m.iou[1], m.iou[2]);
+    TEST_CHECK(near(m.miou, (1.0 / 3 + 0.5) / 3) && near(m.aacc, 0.4) && m.labelled == 5,
+               "no class: mIoU and aAcc 2/5");
+  }
+  if (TEST_OK(cluda_confusion_create(&other, 3))) {
+    TEST_OK(cluda_confusion_add(&other, pred, label, 6));
+    TEST_OK(cluda_confusion_merge(&other, &cm));
+    TEST_CHECK(other.no_class[0] == 2 && other.no_class[1] == 2, "no class: merged");
+    cluda_confusion_reset(&other);
+    TEST_CHECK(other.no_class[0] == 0 && other.no_class[1] == 0, "no class: reset");
+    cluda_confusion_free(&other);
+  }
+  const uint8_t bad_pred[1] = {254}, one_label[1] = {0};
+  TEST_FAILS(cluda_confusion_add(&cm, bad_pred, one_label, 1), CLUDA_ERR_ARG, "prediction 254");
   cluda_confusion_free(&cm);
 }
 
@@ -242,7 +280,7 @@ static void test_reports(void) {
                "json: header fields");
     TEST_CHECK(strstr(json, "{\"id\": 0, \"name\": \"road\", \"iou\": 0.5, \"acc\": 0.5, "
                             "\"intersection\": 1, \"union\": 2, \"label_pixels\": 2, "
-                            "\"pred_pixels\": 1}") != NULL,
+                            "\"pred_pixels\": 1, \"no_class_pixels\": 0}") != NULL,
                "json: the road entry");
     TEST_CHECK(strstr(json, "\"name\": \"rider\", \"iou\": null, \"acc\": null") != NULL,
                "json: NaN as null");
@@ -262,6 +300,78 @@ static void test_reports(void) {
     cluda_confusion_free(&small);
   }
   cluda_confusion_free(&cm);
+}
+
+/* ---- the test resize ---- */
+
+static void test_rescale_size(void) {
+  /* Spec (algorithm.md 4.3 and 7) and hand-computed sizes: width, height, scale -> size. */
+  const int cases[][6] = {
+      {2048, 1024, 1024, 512, 1024, 512},   /* DAFormer test: Cityscapes */
+      {2048, 1024, 2048, 1024, 2048, 1024}, /* HRDA test: unchanged */
+      {1914, 1052, 1280, 720, 1280, 704},   /* GTA source resize */
+      {1914, 1052, 2560, 1440, 2560, 1407}, /* HRDA GTA */
+      {1280, 760, 1280, 760, 1280, 760},    /* SYNTHIA */
+      {64, 48, 1024, 512, 683, 512},        /* 48 -> 512: x 10.667, 64 * 10.667 = 682.67 */
+      {48, 64, 512, 1024, 512, 683},        /* portrait: the long side is the height */
+      {100, 10, 50, 40, 50, 5},             /* the long side limits */
+  };
+  int ok = 1;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int w = 0, h = 0;
+    cluda_status s =
+        cluda_image_rescale_size(cases[i][0], cases[i][1], cases[i][2], cases[i][3], &w, &h);
+    int w2 = 0, h2 = 0; /* the scale's order does not matter */
+    cluda_status s2 =
+        cluda_image_rescale_size(cases[i][0], cases[i][1], cases[i][3], cases[i][2], &w2, &h2);
+    if (s.code || s2.code || w != cases[i][4] || h != cases[i][5] || w2 != w || h2 != h) {
+      printf("  %dx%d at (%d, %d): got %dx%d / %dx%d, want %dx%d\n", cases[i][0], cases[i][1],
+             cases[i][2], cases[i][3], w, h, w2, h2, cases[i][4], cases[i][5]);
+      ok = 0;
+    }
+  }
+  TEST_CHECK(ok, "rescale sizes: mmcv imrescale");
+  int w, h;
+  TEST_FAILS(cluda_image_rescale_size(64, 48, 0, 512, &w, &h), CLUDA_ERR_ARG, "positive");
+}
+
+static void test_resize_against_cv2(void) {
+  static const int sizes[][2] = {{15, 9}, {64, 38}, {11, 7}, {30, 18}, {1, 1}, {45, 13}};
+  char path[1024];
+  cluda_image input;
+  snprintf(path, sizeof path, "%s/cityscapes_eval/resize/input.png", CLUDA_FIXTURE_DIR);
+  if (!TEST_OK(cluda_png_read_rgb(path, &input))) return;
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    cluda_image want, got;
+    snprintf(path, sizeof path, "%s/cityscapes_eval/resize/cv2_%dx%d.png", CLUDA_FIXTURE_DIR,
+             sizes[i][0], sizes[i][1]);
+    if (!TEST_OK(cluda_png_read_rgb(path, &want))) continue;
+    if (TEST_OK(cluda_image_resize_linear(&input, sizes[i][0], sizes[i][1], &got))) {
+      size_t n = (size_t)sizes[i][0] * sizes[i][1] * 3, differ = 0;
+      for (size_t q = 0; q < n; q++)
+        differ += got.pixels[q] != want.pixels[q];
+      TEST_CHECK(got.width == want.width && got.height == want.height && differ == 0,
+                 "resize 30x18 -> %dx%d = cv2.resize INTER_LINEAR (%zu of %zu bytes differ)",
+                 sizes[i][0], sizes[i][1], differ, n);
+      cluda_image_free(&got);
+    }
+    cluda_image_free(&want);
+  }
+  /* Gray images: the 2x2 mean rounded half up at an exact half (cv2's area path), by hand. */
+  cluda_image gray, half;
+  if (TEST_OK(cluda_image_create(&gray, 4, 2, 1))) {
+    const uint8_t values[8] = {0, 1, 10, 20, 0, 2, 30, 41};
+    memcpy(gray.pixels, values, 8);
+    if (TEST_OK(cluda_image_resize_linear(&gray, 2, 1, &half))) {
+      /* (0 + 1 + 0 + 2 + 2) >> 2 = 1 (0.75 rounds to 1); (10 + 20 + 30 + 41 + 2) >> 2 = 25 */
+      TEST_CHECK(half.pixels[0] == 1 && half.pixels[1] == 25, "gray half: 1, 25 (got %d, %d)",
+                 half.pixels[0], half.pixels[1]);
+      cluda_image_free(&half);
+    }
+    TEST_FAILS(cluda_image_resize_linear(&gray, 0, 3, &half), CLUDA_ERR_ARG, "target size");
+    cluda_image_free(&gray);
+  }
+  cluda_image_free(&input);
 }
 
 /* mmseg slide_inference's loop, literally. */
@@ -452,6 +562,42 @@ static void test_predictor(void) {
     cluda_predictor_free(&ref);
     cluda_predictor_free(&p);
   }
+  /* Scores of the 40x72 input upsampled to a 60x100 label map (mmseg rescale): bilinear,
+   * align_corners False, by the formula; labels their argmax. */
+  if (TEST_OK(cluda_predictor_init(&p, &m.seg, m.params, m.state, &whole_st))) {
+    enum { OH = 60, OW = 100 };
+    uint8_t *big_labels = test_alloc(OH * OW);
+    if (TEST_OK(cluda_predictor_run_to(&p, x, H, W, OH, OW, big_labels))) {
+      double *want = test_alloc_f64(OH * OW * K);
+      for (int y = 0; y < OH; y++)
+        for (int xx = 0; xx < OW; xx++) {
+          double sy = fmax(0, (y + 0.5) * H / OH - 0.5), sx = fmax(0, (xx + 0.5) * W / OW - 0.5);
+          int y0 = (int)sy, x0 = (int)sx;
+          int y1 = y0 + 1 < H ? y0 + 1 : H - 1, x1 = x0 + 1 < W ? x0 + 1 : W - 1;
+          double fy = sy - y0, fx = sx - x0;
+          for (int k = 0; k < K; k++)
+            want[(y * OW + xx) * K + k] =
+                (1 - fy) * ((1 - fx) * whole_scores[(y0 * W + x0) * K + k] +
+                            fx * whole_scores[(y0 * W + x1) * K + k]) +
+                fy * ((1 - fx) * whole_scores[(y1 * W + x0) * K + k] +
+                      fx * whole_scores[(y1 * W + x1) * K + k]);
+        }
+      test_compare("run_to: scores upsampled to the label size", p.output, want, OH * OW * K, 1e-5,
+                   1e-5);
+      int argmax_ok = 1;
+      for (int q = 0; q < OH * OW; q++)
+        for (int k = 0; k < K; k++)
+          argmax_ok &= p.output[q * K + k] <= p.output[q * K + big_labels[q]];
+      TEST_CHECK(argmax_ok, "run_to: labels = argmax of the upsampled scores");
+      free(want);
+    }
+    uint8_t same_size[H * W];
+    TEST_OK(cluda_predictor_run_to(&p, x, H, W, H, W, same_size));
+    TEST_CHECK(memcmp(same_size, whole_labels, sizeof same_size) == 0,
+               "run_to at the input size = run");
+    free(big_labels);
+    cluda_predictor_free(&p);
+  }
   cluda_infer_settings bad = {CLUDA_INFER_SLIDE, 16, 64, 8, 8};
   TEST_FAILS(cluda_predictor_init(&p, &m.seg, m.params, m.state, &bad), CLUDA_ERR_ARG, "crop");
   free(whole_scores);
@@ -513,8 +659,11 @@ static void test_pairs(const char *base) {
 int main(void) {
   char base[] = "/tmp/cluda_test_eval_XXXXXX";
   test_hand_example();
+  test_no_class();
   test_random_vs_naive();
   test_reports();
+  test_rescale_size();
+  test_resize_against_cv2();
   test_slide_grid();
   test_predictor();
   if (mkdtemp(base)) {

@@ -142,7 +142,15 @@ static void test_help_and_usage(cli_runner *cr) {
                          "--help",
                          "_labelTrainIds.png",
                          "_rgb.png",
-                         "_leftImg8bit.png"};
+                         "_leftImg8bit.png",
+                         "--dataset",
+                         "--data-root",
+                         "--split",
+                         "--predictions",
+                         "--ground-truth",
+                         "--pred-format",
+                         "--gt-format",
+                         "eval.scale"};
   int all = r.exit_code == 0;
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
     if (!strstr(r.out, flags[i])) {
@@ -174,12 +182,14 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
   cli_result r;
   const char *json = cli_path(cr, "m.json");
   const char *pred_dir = cli_path(cr, "pred/nested");
+  /* At the images' own size: the reference below segments them unresized. */
   cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json,
-          "--save-pred", pred_dir, NULL);
+          "--save-pred", pred_dir, "--set", "eval.scale=[0, 0]", NULL);
   printf("%s", r.out);
   TEST_CHECK(r.exit_code == 0, "tiny random-init run exits 0 (stderr: %s)", r.err);
   TEST_CHECK(strstr(r.out, "3 image/label pairs") && strstr(r.out, "[3/3] 00002: 40x56") &&
-                 strstr(r.out, "inference: whole image"),
+                 strstr(r.out, "inference: whole image") &&
+                 strstr(r.out, "test resize: none (eval.scale [0, 0])"),
              "lists the pairs and the images");
   TEST_CHECK(strstr(r.out, "\nroad ") && strstr(r.out, "\nbicycle ") &&
                  strstr(r.out, "\nmIoU19 ") && strstr(r.out, "\naAcc ") && !strstr(r.out, "mIoU16"),
@@ -233,7 +243,7 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
   /* Slide with a window covering every image = whole, to the byte. */
   const char *json_slide = cli_path(cr, "slide.json");
   cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--json", json_slide,
-          "--mode", "slide", "--set", "eval.crop=[64, 64]", NULL);
+          "--mode", "slide", "--set", "eval.crop=[64, 64]", "--set", "eval.scale=[0, 0]", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "inference: slide, crop 64x64, stride 512x512"),
              "slide run (stderr: %s)", r.err);
   char *slide_text = read_text(json_slide);
@@ -242,8 +252,8 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
   free(slide_text);
   /* Overlapping windows run and report the window count. */
   cli_run(cr, &r, "--config", TINY_CONFIG, "--seed", "3", "--data", data, "--mode", "slide",
-          "--set", "eval.crop=[32, 48]", "--set", "eval.stride=[16, 16]", "--protocol", "13",
-          "--json", cli_path(cr, "p13.json"), NULL);
+          "--set", "eval.scale=[0, 0]", "--set", "eval.crop=[32, 48]", "--set",
+          "eval.stride=[16, 16]", "--protocol", "13", "--json", cli_path(cr, "p13.json"), NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "[1/3] 00000: 64x48, 4 windows") &&
                  strstr(r.out, "\nmIoU16 ") && strstr(r.out, "\nmIoU13 "),
              "slide 32x48 / 16: 2x2 windows, 16 and 13-class summaries (stderr: %s)", r.err);

@@ -409,7 +409,7 @@ static void check_head(cluda_head_kind kind, int bn_batch, int stochastic, float
   cluda_ctx ctx = test_cpu_context(plan.scratch_bytes); /* exactly what the plan asks */
   void *acts = test_alloc(plan.activation_bytes);
   cluda_run_mode mode = {stochastic, bn_batch,
-                         cluda_rng_make_key(seed, 0, 7, CLUDA_RNG_DROPPATH, 3)};
+                         cluda_rng_make_key(seed, 0, 7, CLUDA_RNG_DROPPATH, 3), 0};
   const int64_t rows = (int64_t)t.b * t.h[0] * t.w[0];
 
   /* reference inputs: packed parameters + maps; the state before the forward */
@@ -558,7 +558,8 @@ static void check_dropout_key(void) {
   feat_tensors(&t, t.feats, feats);
   for (int r = 0; r < 4; r++) {
     /* runs 0 and 1: key A; run 2: key B; run 3: key B with dropout off */
-    cluda_run_mode mode = {r < 3, 0, cluda_rng_make_key(5, 0, r < 2 ? 1 : 2, CLUDA_RNG_DROPOUT, 0)};
+    cluda_run_mode mode = {r < 3, 0, cluda_rng_make_key(5, 0, r < 2 ? 1 : 2, CLUDA_RNG_DROPOUT, 0),
+                           0};
     TEST_OK(cluda_head_forward(&ctx, &t.head, &plan, &t.params, t.p, &t.state, t.s, &mode, feats,
                                acts, &fused, &logits));
     out[r] = test_alloc_f32(n);
@@ -568,7 +569,7 @@ static void check_dropout_key(void) {
              "head Dropout2d: the same key reproduces the logits bit for bit");
   TEST_CHECK(memcmp(out[0], out[2], (size_t)n * sizeof(float)) != 0,
              "head Dropout2d: another key gives other logits");
-  cluda_run_mode eval = {0, 0, cluda_rng_make_key(5, 0, 1, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode eval = {0, 0, cluda_rng_make_key(5, 0, 1, CLUDA_RNG_DROPOUT, 0), 0};
   TEST_OK(cluda_head_forward(&ctx, &t.head, &plan, &t.params, t.p, &t.state, t.s, &eval, feats,
                              acts, &fused, &logits));
   TEST_CHECK(memcmp(out[3], logits.data, (size_t)n * sizeof(float)) == 0,
@@ -735,7 +736,7 @@ static void check_validation(void) {
   TEST_OK(cluda_head_plan_for(&t.head, t.b, t.h, t.w, &plan));
   cluda_ctx ctx = test_cpu_context(plan.scratch_bytes);
   void *acts = test_alloc(plan.activation_bytes);
-  cluda_run_mode mode = {1, 1, cluda_rng_make_key(1, 0, 0, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 1, cluda_rng_make_key(1, 0, 0, CLUDA_RNG_DROPOUT, 0), 0};
   cluda_tensor feats[LEVELS], fused, logits;
   feat_tensors(&t, t.feats, feats);
 

@@ -584,7 +584,7 @@ static void test_threads(void) {
   TEST_OK(cluda_mit_preset("tiny", &cfg));
   harness H;
   harness_make(&H, &cfg, 2, 64, 96, 21);
-  cluda_run_mode mode = {1, 0, cluda_rng_make_key(9, 0, 3, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 0, cluda_rng_make_key(9, 0, 3, CLUDA_RNG_DROPOUT, 0), 0};
   const int64_t np = (int64_t)H.table.total;
   float *ref_out[4], *ref_grad = test_alloc_f32(np), *ref_dx = test_alloc_f32(H.nx);
   const int saved = omp_get_max_threads();
@@ -929,7 +929,7 @@ static void test_b5(void) {
         cluda_tensor_4d(CLUDA_F32, dout[i], 1, plan.out_h[i], plan.out_w[i], cfg.embed_dims[i]);
     pdout[i] = &tdout[i];
   }
-  cluda_run_mode mode = {1, 0, cluda_rng_make_key(5, 0, 0, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 0, cluda_rng_make_key(5, 0, 0, CLUDA_RNG_DROPOUT, 0), 0};
   t0 = now_seconds();
   TEST_OK(cluda_mit_forward(&ctx, &mit, &plan, &t, prm, &mode, &tx, acts, out));
   const double t_fwd = now_seconds() - t0;
@@ -1000,7 +1000,7 @@ static void test_validation(void) {
 
   harness H;
   harness_make(&H, &cfg, 1, 64, 72, 3); /* SR keys and values have Nk > 1 */
-  cluda_run_mode mode = {0, 0, cluda_rng_make_key(1, 0, 0, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {0, 0, cluda_rng_make_key(1, 0, 0, CLUDA_RNG_DROPOUT, 0), 0};
   TEST_OK(harness_forward(&H, &mode));
   cluda_tensor out[4];
   cluda_tensor x_c = cluda_tensor_4d(CLUDA_F32, H.x, 1, 64, 54, 4);

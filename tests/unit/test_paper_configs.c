@@ -46,7 +46,29 @@ static void check_config(const char *name, const char *protocol) {
       TEST_CHECK(!s.cl_ref_row_order && !s.cl.ref_half && !s.cl.ref_pair_weight,
                  "%s: no ref_ quirks", name);
       TEST_CHECK(mc.head.num_classes == 19, "%s: 19 classes", name);
+      TEST_CHECK(!s.source_synthetic && !s.target_synthetic, "%s: real data sets", name);
     }
+    /* the data pipeline of algorithm.md 4.3 */
+    const char *source = NULL, *target = NULL, *pretrained = NULL;
+    int source_scale[2] = {0, 0}, target_scale[2] = {0, 0};
+    double cat = 0, min_crop = 0;
+    TEST_OK(cluda_config_get_string(&cfg, "data.source", &source));
+    TEST_OK(cluda_config_get_string(&cfg, "data.target", &target));
+    TEST_OK(cluda_config_get_string(&cfg, "model.pretrained", &pretrained));
+    TEST_OK(cluda_config_get_int_list(&cfg, "data.source_scale", source_scale, 2, NULL));
+    TEST_OK(cluda_config_get_int_list(&cfg, "data.target_scale", target_scale, 2, NULL));
+    TEST_OK(cluda_config_get_float(&cfg, "data.cat_max_ratio", &cat));
+    TEST_OK(cluda_config_get_float(&cfg, "data.rcs_min_crop_ratio", &min_crop));
+    const int synthia = !strcmp(protocol, "13");
+    TEST_CHECK(source && !strcmp(source, synthia ? "synthia" : "gta") && target &&
+                   !strcmp(target, "cityscapes"),
+               "%s: %s -> cityscapes", name, synthia ? "synthia" : "gta");
+    TEST_CHECK(source_scale[0] == 1280 && source_scale[1] == (synthia ? 760 : 720) &&
+                   target_scale[0] == 1024 && target_scale[1] == 512,
+               "%s: resize to (1280, %d) and (1024, 512)", name, synthia ? 760 : 720);
+    TEST_CHECK(cat == 0.75 && min_crop == 0.5, "%s: cat_max_ratio 0.75, RCS min_crop_ratio 0.5",
+               name);
+    TEST_CHECK(pretrained && strstr(pretrained, "mit_b5"), "%s: ImageNet MiT-B5 weights", name);
   }
   cluda_config_free(&cfg);
 }

@@ -64,7 +64,7 @@ static int one_step(const char *set, cluda_step_stats *st) {
   ok = ok && TEST_OK(cluda_train_settings_from_config(&cfg, &s)) &&
        TEST_OK(cluda_config_to_segmentor_config(&cfg, &mc));
   cluda_config_free(&cfg);
-  if (ok && TEST_OK(cluda_trainer_init(&t, &s, &mc))) {
+  if (ok && TEST_OK(cluda_trainer_init(&t, &s, &mc, NULL))) {
     ok = TEST_OK(cluda_trainer_step(&t, st));
     cluda_trainer_free(&t);
   } else {

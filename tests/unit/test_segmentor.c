@@ -171,7 +171,7 @@ static void check_shapes(cluda_head_kind kind) {
   float *x = test_alloc_f32((int64_t)2 * 50 * 70 * 3);
   test_fill_uniform(x, (int64_t)2 * 50 * 70 * 3, -2.0f, 2.0f, 9, 0);
   cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, 2, 50, 70, 3);
-  cluda_run_mode mode = {1, 1, cluda_rng_make_key(3, 0, 0, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 1, cluda_rng_make_key(3, 0, 0, CLUDA_RNG_DROPOUT, 0), 0};
   cluda_segmentor_outputs out;
   if (TEST_OK(cluda_segmentor_forward(&ctx, &s.model, &s.plan, s.params, s.state, &mode, &tx, acts,
                                       &out))) {
@@ -310,7 +310,7 @@ static void check_threads(void) {
   float *x = test_alloc_f32(nx);
   test_fill_uniform(x, nx, -2.0f, 2.0f, 4, 0);
   cotangents c = make_cotangents(&s, 7, 4);
-  cluda_run_mode mode = {1, 1, cluda_rng_make_key(4, 0, 1, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 1, cluda_rng_make_key(4, 0, 1, CLUDA_RNG_DROPOUT, 0), 0};
   run_out r[2];
   for (int t = 0; t < 2; t++) {
     omp_set_num_threads(t + 1);
@@ -398,7 +398,7 @@ static void check_composition(int which, const char *what) {
   float *x = test_alloc_f32(nx);
   test_fill_uniform(x, nx, -2.0f, 2.0f, 5, 0);
   cotangents c = make_cotangents(&s, which, 5);
-  cluda_run_mode mode = {1, 1, cluda_rng_make_key(5, 0, 2, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {1, 1, cluda_rng_make_key(5, 0, 2, CLUDA_RNG_DROPOUT, 0), 0};
   run_out r;
   run_once(&s, s.params, x, &mode, &c, &r);
   float *grads = test_alloc_f32((int64_t)np), *dx = test_alloc_f32(nx);
@@ -523,7 +523,7 @@ static void check_finite_differences(int stochastic) {
   test_fill_uniform(x, nx, -2.0f, 2.0f, 6, 0);
   /* every output carries a cotangent: the classifier, fused and denc paths all count */
   cotangents c = make_cotangents(&s, 7, 6);
-  cluda_run_mode mode = {stochastic, 1, cluda_rng_make_key(6, 0, 3, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {stochastic, 1, cluda_rng_make_key(6, 0, 3, CLUDA_RNG_DROPOUT, 0), 0};
   run_out r;
   run_once(&s, s.params, x, &mode, &c, &r);
 
@@ -589,8 +589,8 @@ static void check_shared(void) {
   test_fill_uniform(x, nx, -2.0f, 2.0f, 7, 0);
   test_fill_uniform(xt, nx, -2.0f, 2.0f, 7, 1);
   cotangents c = make_cotangents(&s, 3, 7);
-  cluda_run_mode train = {1, 1, cluda_rng_make_key(7, 0, 4, CLUDA_RNG_DROPOUT, 0)};
-  cluda_run_mode pseudo = {0, 1, train.key}; /* the teacher: no dropout, batch-stat BN */
+  cluda_run_mode train = {1, 1, cluda_rng_make_key(7, 0, 4, CLUDA_RNG_DROPOUT, 0), 0};
+  cluda_run_mode pseudo = {0, 1, train.key, 0}; /* the teacher: no dropout, batch-stat BN */
 
   /* the student alone */
   run_out alone;
@@ -665,7 +665,7 @@ static void check_validation(void) {
   float *x = test_alloc_f32(nx), *grads = test_alloc_f32((int64_t)m->params.total);
   test_fill_uniform(x, nx, -1.0f, 1.0f, 9, 0);
   cluda_tensor tx = cluda_tensor_4d(CLUDA_F32, x, 2, 32, 40, 3);
-  cluda_run_mode mode = {0, 0, cluda_rng_make_key(9, 0, 0, CLUDA_RNG_DROPOUT, 0)};
+  cluda_run_mode mode = {0, 0, cluda_rng_make_key(9, 0, 0, CLUDA_RNG_DROPOUT, 0), 0};
   cluda_segmentor_outputs out;
   cluda_segmentor_plan plan;
   TEST_FAILS(cluda_segmentor_plan_for(m, 0, 32, 40, &plan), CLUDA_ERR_SHAPE, "batch");

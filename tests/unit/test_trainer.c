@@ -31,7 +31,7 @@ static int make_trainer(cluda_trainer *t, const char *const *sets) {
   cluda_segmentor_config mc;
   ok = ok && TEST_OK(cluda_train_settings_from_config(&cfg, &s)) &&
        TEST_OK(cluda_config_to_segmentor_config(&cfg, &mc)) &&
-       TEST_OK(cluda_trainer_init(t, &s, &mc));
+       TEST_OK(cluda_trainer_init(t, &s, &mc, NULL));
   cluda_config_free(&cfg);
   return ok;
 }
