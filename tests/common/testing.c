@@ -152,3 +152,17 @@ cluda_tensor test_tensor_rows(int ndim, const int *lead, int last, void *data) {
   t.shape[ndim - 1] = last;
   return t;
 }
+
+char *test_read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *text = NULL;
+  long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+    text = test_alloc((size_t)n + 1);
+    size_t got = fread(text, 1, (size_t)n, f);
+    text[got] = '\0';
+  }
+  fclose(f);
+  return text;
+}

@@ -45,6 +45,10 @@ void test_fill_uniform(float *x, int64_t n, float lo, float hi, uint64_t seed, u
 /* Copies float -> double / double -> float. */
 void test_to_double(const float *x, double *y, int64_t n);
 void test_to_float(const double *x, float *y, int64_t n);
+/* The whole file as a NUL-terminated string (malloc'ed; the caller frees), or NULL when it
+ * cannot be read. */
+char *test_read_text(const char *path);
+
 /* Allocation that aborts the test program on failure (tests only). */
 void *test_alloc(size_t bytes);
 float *test_alloc_f32(int64_t n);

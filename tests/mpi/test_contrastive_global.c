@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluda/comm_mpi.h"
 #include "cluda/contrastive.h"
+#include "mpi_testing.h"
 #include "testing.h"
 
 enum { ROWS_PER_IMAGE = 37, IMAGES = 2, DIMS = 24 };
@@ -149,11 +149,7 @@ static void check_case(cluda_comm *comm, const char *name, const cluda_contrasti
 
 int main(int argc, char **argv) {
   cluda_comm comm;
-  cluda_status s = cluda_comm_mpi_init(&comm, &argc, &argv);
-  if (s.code != CLUDA_OK) {
-    fprintf(stderr, "%s\n", s.message);
-    return 1;
-  }
+  mpi_test_init(&comm, &argc, &argv);
   cluda_contrastive_params p;
   cluda_contrastive_default_params(&p);
   p.num_classes = 9;
@@ -171,9 +167,5 @@ int main(int argc, char **argv) {
   cluda_contrastive_params st = p;
   st.pairs = CLUDA_CL_PAIRS_STUFF_ONLY;
   check_case(&comm, "stuff only", &st, 1, 14);
-  int failed = test_finish(argv[0]);
-  int any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  cluda_comm_finalize(&comm);
-  return any;
+  return mpi_test_finish(&comm, argv[0]);
 }

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluda/comm_mpi.h"
+#include "mpi_testing.h"
 #include "testing.h"
 
 /* The whole batch, built from the same seed on every rank. */
@@ -268,11 +268,7 @@ static void check_inference(cluda_comm *comm) {
 
 int main(int argc, char **argv) {
   cluda_comm comm;
-  cluda_status s = cluda_comm_mpi_init(&comm, &argc, &argv);
-  if (s.code != CLUDA_OK) {
-    fprintf(stderr, "%s: %s\n", argv[0], s.message);
-    return 1;
-  }
+  mpi_test_init(&comm, &argc, &argv);
   const int size = comm.size;
   check_sync(&comm, 5, 3, 5, 5, 1, 1);             /* uneven shares, odd H and W */
   check_sync(&comm, 2 * size + 1, 7, 5, 40, 1, 2); /* 40 channels */
@@ -280,9 +276,5 @@ int main(int argc, char **argv) {
   check_sync(&comm, size + 1, 3, 5, 2100, 0, 4);   /* two channel panels */
   check_threads(&comm);
   check_inference(&comm);
-  int rc = test_finish(argv[0]), any = 0;
-  /* the test fails when any rank failed */
-  s = cluda_comm_allreduce(&comm, &rc, &any, 1, CLUDA_COMM_I32, CLUDA_COMM_MAX);
-  cluda_comm_finalize(&comm);
-  return s.code != CLUDA_OK || any;
+  return mpi_test_finish(&comm, argv[0]);
 }

@@ -16,9 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluda/comm_mpi.h"
 #include "cluda/config.h"
 #include "cluda/trainer.h"
+#include "mpi_testing.h"
 #include "testing.h"
 
 static const char *kTiny = "seed: 5\n"
@@ -139,16 +139,9 @@ static void check_broadcast_and_divergence(cluda_comm *comm) {
 
 int main(int argc, char **argv) {
   cluda_comm comm;
-  cluda_status s = cluda_comm_mpi_init(&comm, &argc, &argv);
-  if (s.code != CLUDA_OK) {
-    fprintf(stderr, "%s\n", s.message);
-    return 1;
-  }
+  mpi_test_init(&comm, &argc, &argv);
   check_equivalence(&comm, 1);
   check_equivalence(&comm, 0);
   check_broadcast_and_divergence(&comm);
-  int failed = test_finish(argv[0]), any = 0;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  cluda_comm_finalize(&comm);
-  return any;
+  return mpi_test_finish(&comm, argv[0]);
 }

@@ -385,18 +385,6 @@ static void test_resolved_round_trip(void) {
   cluda_config_free(&cfg);
 }
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *text = calloc((size_t)n + 1, 1);
-  if (text && fread(text, 1, (size_t)n, f) != (size_t)n) text[0] = '\0';
-  fclose(f);
-  return text;
-}
-
 static void test_reference_in_sync(void) {
   int count = 0;
   const cluda_config_key *keys = cluda_config_registry(&count);
@@ -409,7 +397,7 @@ static void test_reference_in_sync(void) {
              "reference row of model.encoder");
   TEST_CHECK(strstr(generated, "| `model.dropout` | float | `0.1` | [0, 1) |"),
              "reference row of model.dropout");
-  char *readme = read_text(CONFIG_DIR "/README.md");
+  char *readme = test_read_text(CONFIG_DIR "/README.md");
   TEST_CHECK(readme != NULL, "configs/README.md exists");
   if (readme) {
     const char *begin = "<!-- BEGIN cluda_infer --print-config-reference -->\n";

@@ -25,6 +25,7 @@
 #include "cluda/dataset.h"
 #include "cluda/image.h"
 #include "cluda/synthetic.h"
+#include "raw_png.h"
 #include "testing.h"
 
 #define CONVERT_FIXTURES CLUDA_FIXTURE_DIR "/convert"
@@ -103,38 +104,25 @@ static void copy_tree(const char *from, const char *to) {
 
 /* ---- PNG files written with libpng directly (not through the code under test) ---- */
 
-typedef struct raw_png {
-  int width, height, bit_depth, color_type;
-  const uint8_t *data; /* packed rows; 16-bit samples big endian */
-  int palette_size;    /* palette type: a grey ramp of this many entries */
-} raw_png;
-
-static int write_raw_png(const char *path, const raw_png *spec) {
-  make_parent(path);
-  FILE *f = fopen(path, "wb");
-  if (!f) return -1;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-  png_infop info = png_create_info_struct(png);
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    fclose(f);
-    return -1;
-  }
-  png_init_io(png, f);
-  png_set_IHDR(png, info, (png_uint_32)spec->width, (png_uint_32)spec->height, spec->bit_depth,
-               spec->color_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
-  png_color palette[256];
-  for (int i = 0; i < spec->palette_size; i++)
+/* A grey ramp (255 - i): palette indices, not colours, carry the labels. */
+static const png_color *grey_palette(void) {
+  static png_color palette[256];
+  for (int i = 0; i < 256; i++)
     palette[i].red = palette[i].green = palette[i].blue = (png_byte)(255 - i);
-  if (spec->palette_size) png_set_PLTE(png, info, palette, spec->palette_size);
-  png_write_info(png, info);
-  size_t row_bytes = png_get_rowbytes(png, info);
-  for (int y = 0; y < spec->height; y++)
-    png_write_row(png, (png_const_bytep)(spec->data + (size_t)y * row_bytes));
-  png_write_end(png, NULL);
-  png_destroy_write_struct(&png, &info);
-  return fclose(f);
+  return palette;
+}
+
+/* A PNG written by libpng directly (raw_png.h); `palette` entries of the grey ramp. */
+static int write_png_of(const char *path, int width, int height, int depth, int type,
+                        const uint8_t *data, int palette) {
+  make_parent(path);
+  return write_raw_png(path, &(raw_png){.width = width,
+                                        .height = height,
+                                        .bit_depth = depth,
+                                        .color_type = type,
+                                        .data = data,
+                                        .palette = palette ? grey_palette() : NULL,
+                                        .palette_size = palette});
 }
 
 /* An 8-bit RGB image with a position pattern; *pixels (if not NULL) gets a copy. */
@@ -142,20 +130,19 @@ static void write_rgb(const char *path, int width, int height, uint8_t *pixels) 
   uint8_t *data = test_alloc((size_t)width * height * 3);
   for (int i = 0; i < width * height * 3; i++)
     data[i] = (uint8_t)(i * 29 + 7);
-  TEST_CHECK(write_raw_png(path, &(raw_png){width, height, 8, PNG_COLOR_TYPE_RGB, data, 0}) == 0,
-             "write %s", path);
+  TEST_CHECK(write_png_of(path, width, height, 8, PNG_COLOR_TYPE_RGB, data, 0) == 0, "write %s",
+             path);
   if (pixels) memcpy(pixels, data, (size_t)width * height * 3);
   free(data);
 }
 
 static void write_gray(const char *path, int width, int height, const uint8_t *values) {
-  TEST_CHECK(write_raw_png(path, &(raw_png){width, height, 8, PNG_COLOR_TYPE_GRAY, values, 0}) == 0,
-             "write %s", path);
+  TEST_CHECK(write_png_of(path, width, height, 8, PNG_COLOR_TYPE_GRAY, values, 0) == 0, "write %s",
+             path);
 }
 
 static void write_palette_label(const char *path, int width, int height, const uint8_t *ids) {
-  TEST_CHECK(write_raw_png(path, &(raw_png){width, height, 8, PNG_COLOR_TYPE_PALETTE, ids, 256}) ==
-                 0,
+  TEST_CHECK(write_png_of(path, width, height, 8, PNG_COLOR_TYPE_PALETTE, ids, 256) == 0,
              "write %s", path);
 }
 
@@ -170,8 +157,8 @@ static void write_rgb16_label(const char *path, int width, int height, const uin
       data[6 * i + 2 * c + 1] = (uint8_t)(v[c] & 0xff);
     }
   }
-  TEST_CHECK(write_raw_png(path, &(raw_png){width, height, 16, PNG_COLOR_TYPE_RGB, data, 0}) == 0,
-             "write %s", path);
+  TEST_CHECK(write_png_of(path, width, height, 16, PNG_COLOR_TYPE_RGB, data, 0) == 0, "write %s",
+             path);
   free(data);
 }
 
@@ -277,9 +264,9 @@ static void test_png_layout_formats(const char *dir) {
     cluda_image_free(&img);
   }
   snprintf(path, sizeof path, "%s/png/rgb8.png", dir);
-  TEST_CHECK(write_raw_png(path, &(raw_png){2, 1, 8, PNG_COLOR_TYPE_RGB,
-                                            (const uint8_t[]){5, 1, 2, 6, 3, 4}, 0}) == 0,
-             "write rgb8");
+  TEST_CHECK(
+      write_png_of(path, 2, 1, 8, PNG_COLOR_TYPE_RGB, (const uint8_t[]){5, 1, 2, 6, 3, 4}, 0) == 0,
+      "write rgb8");
   if (TEST_OK(cluda_png_read_first_channel(path, &img))) {
     TEST_CHECK(labels_equal(&img, 2, 1, (const uint8_t[]){5, 6}), "8-bit RGB first channel");
     cluda_image_free(&img);
@@ -288,9 +275,9 @@ static void test_png_layout_formats(const char *dir) {
   write_palette_label(path, 2, 1, (const uint8_t[]){1, 2});
   TEST_FAILS(cluda_png_read_first_channel(path, &img), CLUDA_ERR_UNSUPPORTED, "palette");
   snprintf(path, sizeof path, "%s/png/rgba.png", dir);
-  TEST_CHECK(write_raw_png(path, &(raw_png){1, 1, 8, PNG_COLOR_TYPE_RGB_ALPHA,
-                                            (const uint8_t[]){1, 2, 3, 4}, 0}) == 0,
-             "write rgba");
+  TEST_CHECK(
+      write_png_of(path, 1, 1, 8, PNG_COLOR_TYPE_RGB_ALPHA, (const uint8_t[]){1, 2, 3, 4}, 0) == 0,
+      "write rgba");
   TEST_FAILS(cluda_png_read_first_channel(path, &img), CLUDA_ERR_UNSUPPORTED, "RGBA");
 
   /* The writers: a palette PNG keeps its indices, a 16-bit PNG its samples. */

@@ -26,16 +26,6 @@
 
 enum { CLASSES = 19 };
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = test_alloc(1 << 16);
-  size_t n = fread(buf, 1, (1 << 16) - 1, f);
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 /* The number (NAN for null) after `"key": ` at or after `from`; 0 when the key is absent. */
 static int json_number_after(const char *from, const char *key, double *value) {
   char needle[64];
@@ -58,7 +48,7 @@ typedef struct reference {
 } reference;
 
 static int load_reference(reference *ref) {
-  char *text = read_text(FIXTURE "/official.json");
+  char *text = test_read_text(FIXTURE "/official.json");
   int ok = text != NULL;
   const char *p = text;
   for (int c = 0; ok && c < CLASSES; c++) {
@@ -77,7 +67,7 @@ static int same(double a, double b) { return (isnan(a) && isnan(b)) || fabs(a - 
 
 /* cluda_eval's JSON against the official numbers. */
 static void compare_json(const char *path, const reference *ref, const char *what) {
-  char *text = read_text(path);
+  char *text = test_read_text(path);
   if (!TEST_CHECK(text != NULL, "%s: JSON written", what)) return;
   int ok = 1;
   for (int c = 0; c < CLASSES; c++) {
@@ -141,7 +131,7 @@ static void test_official_numbers(cli_runner *cr) {
     want13 += ref.iou[c];
     n13++;
   }
-  char *text = read_text(json16);
+  char *text = test_read_text(json16);
   double got16 = 0, got13 = 0;
   TEST_CHECK(r.exit_code == 0 && text && json_number_after(text, "miou16", &got16) &&
                  json_number_after(text, "miou13", &got13) && fabs(got16 - want16 / n16) < 1e-12 &&
@@ -387,7 +377,7 @@ static void test_dataset_root(cli_runner *cr) {
                  strstr(r.out, "aachen_000000_000019: 128x64 at 64x32, 1 window") &&
                  strstr(r.out, "keep ratio to fit [64, 32]"),
              "--dataset cityscapes: resized to 64x32 (stderr: %s)", r.err);
-  char *text = read_text(json);
+  char *text = test_read_text(json);
   double got = 0, want = 0;
   if (TEST_CHECK(text && json_number_after(text, "miou19", &got), "dataset JSON") &&
       reference_miou(root, 4, &want))

@@ -21,16 +21,6 @@
 
 #define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = test_alloc(1 << 16);
-  size_t n = fread(buf, 1, (1 << 16) - 1, f);
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
-}
-
 /* A smooth colour pattern, and labels in bands with some 255 and a seed-dependent shift. */
 static void write_pair(const char *dir, const char *name, int width, int height, int seed) {
   char path[1024];
@@ -195,7 +185,7 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
                  strstr(r.out, "\nmIoU19 ") && strstr(r.out, "\naAcc ") && !strstr(r.out, "mIoU16"),
              "prints the per-class table and mIoU19 only");
 
-  char *text = read_text(json);
+  char *text = test_read_text(json);
   TEST_CHECK(text != NULL, "--json wrote %s", json);
   cluda_confusion ref;
   if (text && reference_confusion(data, 3, &ref)) {
@@ -246,7 +236,7 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
           "--mode", "slide", "--set", "eval.crop=[64, 64]", "--set", "eval.scale=[0, 0]", NULL);
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "inference: slide, crop 64x64, stride 512x512"),
              "slide run (stderr: %s)", r.err);
-  char *slide_text = read_text(json_slide);
+  char *slide_text = test_read_text(json_slide);
   TEST_CHECK(text && slide_text && strcmp(text, slide_text) == 0,
              "slide with crop >= image gives the whole-image metrics");
   free(slide_text);
@@ -257,7 +247,7 @@ static void test_tiny_run(cli_runner *cr, const char *data) {
   TEST_CHECK(r.exit_code == 0 && strstr(r.out, "[1/3] 00000: 64x48, 4 windows") &&
                  strstr(r.out, "\nmIoU16 ") && strstr(r.out, "\nmIoU13 "),
              "slide 32x48 / 16: 2x2 windows, 16 and 13-class summaries (stderr: %s)", r.err);
-  char *p13 = read_text(cli_path(cr, "p13.json"));
+  char *p13 = test_read_text(cli_path(cr, "p13.json"));
   TEST_CHECK(p13 && strstr(p13, "\"protocol\": 13"), "JSON names the protocol");
   free(p13);
   free(text);
