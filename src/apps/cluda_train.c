@@ -95,7 +95,7 @@ static int parse_args(int argc, char **argv, train_options *o, int report) {
       const char *value = NULL;
       if (!strcmp(arg, names[k])) {
         if (i + 1 >= argc) {
-          if (report) fprintf(stderr, "cluda_train: %s needs a value\n", names[k]);
+          if (report) fprintf(stderr, "cluda_train: error: %s needs a value\n", names[k]);
           return 0;
         }
         value = argv[++i];
@@ -111,20 +111,21 @@ static int parse_args(int argc, char **argv, train_options *o, int report) {
       if (k == 3) o->max_iters_text = value;
       if (k == 4) {
         if (o->set_count >= MAX_SETS) {
-          if (report) fprintf(stderr, "cluda_train: more than %d --set options\n", MAX_SETS);
+          if (report) fprintf(stderr, "cluda_train: error: more than %d --set options\n", MAX_SETS);
           return 0;
         }
         o->sets[o->set_count++] = value;
       }
     }
     if (!matched) {
-      if (report) fprintf(stderr, "cluda_train: unknown argument '%s' (see --help)\n", arg);
+      if (report) fprintf(stderr, "cluda_train: error: unknown argument '%s' (see --help)\n", arg);
       return 0;
     }
   }
   if (o->help) return 1;
   if (!o->config_path || !o->work_dir) {
-    if (report) fprintf(stderr, "cluda_train: --config and --work-dir are required (see --help)\n");
+    if (report)
+      fprintf(stderr, "cluda_train: error: --config and --work-dir are required (see --help)\n");
     return 0;
   }
   return 1;
@@ -688,7 +689,7 @@ int main(int argc, char **argv) {
   if (cluda_comm_mpi_launched()) {
     cluda_status s = cluda_comm_mpi_init(&comm, &argc, &argv);
     if (s.code != CLUDA_OK) {
-      fprintf(stderr, "cluda_train: %s\n", s.message);
+      fprintf(stderr, "cluda_train: error: %s\n", s.message);
       return 1;
     }
   } else {
@@ -718,11 +719,11 @@ int main(int argc, char **argv) {
   run_free(&r);
   if (s.code != CLUDA_OK) {
     if (comm.size > 1) {
-      fprintf(stderr, "cluda_train: rank %d: %s\n", comm.rank, s.message);
+      fprintf(stderr, "cluda_train: error: rank %d: %s\n", comm.rank, s.message);
       fflush(stderr);
       cluda_comm_abort(&comm, 1); /* the other ranks may wait in a collective: end them */
     }
-    fprintf(stderr, "cluda_train: %s\n", s.message);
+    fprintf(stderr, "cluda_train: error: %s\n", s.message);
     cluda_comm_finalize(&comm);
     return 1;
   }

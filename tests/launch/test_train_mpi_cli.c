@@ -311,7 +311,7 @@ static void test_error_ends_all_ranks(launch *L, const char *config) {
   int rc = run(L, 2, "err", a);
   const char *err = slurp(L, "err.err");
   TEST_CHECK(
-      rc == 1 && now() - t0 < 60 && strstr(err, "cluda_train: rank 0: ") &&
+      rc == 1 && now() - t0 < 60 && strstr(err, "cluda_train: error: rank 0: ") &&
           strstr(err, "no_such.h5"),
       "an error on rank 0 ends both ranks with status 1 naming the rank and the file (%d): %s", rc,
       err);

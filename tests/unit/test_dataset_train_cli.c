@@ -126,7 +126,7 @@ static void check_bad_image(programs *P, const char *config, const char *gta, co
   cli_run(&P->train, &r, "--config", config, "--work-dir", work, "--set", "data.source=gta",
           "--set", s2, "--set", s3, "--set", "data.target=cityscapes", "--set", "data.rcs=false",
           "--set", "train.max_iters=20", NULL);
-  TEST_CHECK(r.exit_code == 1 && !strncmp(r.err, "cluda_train: ", 13) &&
+  TEST_CHECK(r.exit_code == 1 && !strncmp(r.err, "cluda_train: error: ", 20) &&
                  strstr(r.err, "00003.png") && strstr(r.err, "truncated"),
              "a truncated image stops training naming the file: exit %d: %s", r.exit_code, r.err);
   work = cli_path(&P->train, "bad_skip");

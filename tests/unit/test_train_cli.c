@@ -5,83 +5,27 @@
  * --max-iters and continuing with --resume auto, and bad inputs (non-zero exit and one line
  * naming the problem). */
 #include <dirent.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "testing.h"
 
-extern char **environ;
+/* The runner of every test below (tests/common/cli.h): the program and the scratch directory. */
+static cli_runner runner;
 
-static char binary[1024];
-static char tmpdir[400];
+static const char *tmp(const char *name) { return cli_path(&runner, name); }
 
-typedef struct cli_result {
-  int exit_code; /* -1 when killed by a signal */
-  char out[65536], err[4096];
-} cli_result;
+#define cli(res, ...) cli_run(&runner, (res), __VA_ARGS__)
 
-static void read_small(const char *path, char *buf, size_t size) {
-  FILE *f = fopen(path, "rb");
-  size_t n = f ? fread(buf, 1, size - 1, f) : 0;
-  buf[n] = '\0';
-  if (f) fclose(f);
-}
-
-/* "<tmpdir>/<name>"; each call gets its own buffer, so paths can be kept. */
-static const char *tmp(const char *name) {
-  static char paths[64][1024];
-  static int next = 0;
-  char *p = paths[next++ % 64];
-  snprintf(p, 1024, "%s/%s", tmpdir, name);
-  return p;
-}
-
-/* Runs cluda_train with the NULL-terminated arguments; stdout/stderr captured. */
-static void cli(cli_result *r, ...) {
-  const char *args[64];
-  int n = 0;
-  args[n++] = binary;
-  va_list ap;
-  va_start(ap, r);
-  for (const char *a = va_arg(ap, const char *); a && n < 63; a = va_arg(ap, const char *))
-    args[n++] = a;
-  va_end(ap);
-  args[n] = NULL;
-  char out_path[1024], err_path[1024];
-  snprintf(out_path, sizeof out_path, "%s/stdout.txt", tmpdir);
-  snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid;
-  int status = 0;
-  r->exit_code = -1;
-  if (posix_spawn(&pid, binary, &actions, NULL, (char *const *)args, environ) == 0 &&
-      waitpid(pid, &status, 0) == pid && WIFEXITED(status))
-    r->exit_code = WEXITSTATUS(status);
-  posix_spawn_file_actions_destroy(&actions);
-  read_small(out_path, r->out, sizeof r->out);
-  read_small(err_path, r->err, sizeof r->err);
-}
-
-/* A failure the user can act on: the given exit status, exactly one line on stderr starting
- * with "cluda_train: ", which names every needle. */
+/* A failure the user can act on: the exit status and one line "cluda_train: error: ..."
+ * naming every needle. */
 static void expect_error(const cli_result *r, int code, const char *what, const char *needle1,
                          const char *needle2) {
-  const char *newline = strchr(r->err, '\n');
-  int one_line = newline && newline[1] == '\0' && strncmp(r->err, "cluda_train: ", 13) == 0;
-  int named = (!needle1 || strstr(r->err, needle1)) && (!needle2 || strstr(r->err, needle2));
-  TEST_CHECK(r->exit_code == code && one_line && named, "%s: exit %d (want %d), stderr: %s", what,
-             r->exit_code, code, r->err);
-  if (r->exit_code == code) printf("  expected error (%s): %s", what, r->err);
+  cli_expect_error_code(&runner, r, code, what, needle1, needle2);
 }
 
 static int file_exists(const char *path) {
@@ -240,46 +184,13 @@ static void test_bad_inputs(void) {
   expect_error(&r, 1, "work dir is a file", "afile", "not a directory");
 }
 
-/* Finds build/bin/cluda_train from this program's path (build/tests/test_train_cli); the
- * scratch directory goes next to this program, inside the build tree. */
-static int locate_binary(const char *argv0, char *test_dir, size_t size) {
-  char self[280]; /* build paths are short; a longer one fails the access() check */
-  if (strchr(argv0, '/')) {
-    snprintf(self, sizeof self, "%s", argv0);
-  } else {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) return 0;
-    self[n] = '\0';
-  }
-  char *slash = strrchr(self, '/');
-  *slash = '\0';
-  snprintf(test_dir, size, "%s", self);
-  snprintf(binary, sizeof binary, "%s/../bin/cluda_train", self);
-  return access(binary, X_OK) == 0;
-}
-
 int main(int argc, char **argv) {
   (void)argc;
-  char test_dir[300];
-  if (!locate_binary(argv[0], test_dir, sizeof test_dir)) {
-    TEST_CHECK(0, "cluda_train not found at %s (build the cluda_train target)", binary);
-    return test_finish("test_train_cli");
-  }
-  if (strlen(test_dir) + 20 >= sizeof tmpdir) {
-    TEST_CHECK(0, "build directory path too long: %s", test_dir);
-    return test_finish("test_train_cli");
-  }
-  snprintf(tmpdir, sizeof tmpdir, "%.300s/train_cli_XXXXXX", test_dir);
-  if (!mkdtemp(tmpdir)) {
-    perror("mkdtemp");
-    return 1;
-  }
+  if (!cli_runner_init(&runner, argv[0], "cluda_train")) return test_finish("test_train_cli");
   write_text(tmp("tiny.yaml"), kTinyConfig);
   test_help_and_usage();
   test_tiny_run();
   test_bad_inputs();
-  char cmd[1100];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+  cli_runner_cleanup(&runner);
   return test_finish("test_train_cli");
 }
