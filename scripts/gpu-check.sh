@@ -3,7 +3,8 @@
 # cuBLAS/cuDNN/NCCL under the CUDA toolkit or inside PyTorch's nvidia/* Python packages),
 # unpacks the offline bundle of host libraries when one is there (.offline/debs, made by
 # scripts/offline-bundle.sh download), configures cluda with the CUDA backend for sm_90,
-# builds, runs `ctest -L gpu`, then the whole ctest, then every build/bin/bench_* present.
+# builds, runs `ctest -L gpu`, compute-sanitizer memcheck and racecheck over every GPU test,
+# the whole ctest, then the GPU benchmarks (benchmarks/gpu_step.sh).
 #
 #   scripts/gpu-check.sh            # logs into $OUT when set, else build-gpu/gpu-logs
 #   CLUDA_GPU_ARCH=80 scripts/gpu-check.sh
@@ -11,7 +12,7 @@
 #
 # Logs (at most 8 files, so they all come back from a device run): summary.txt (the table
 # printed last), gpu-check.log (everything), configure.log, build.log, ctest-gpu.log,
-# ctest-all.log, bench.log. Exit status: 0 when every step passed.
+# sanitizer.log, ctest-all.log, bench.log. Exit status: 0 when every step passed.
 set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -169,22 +170,47 @@ if [ "$rc" -eq 0 ]; then
   grep -q 'Skipped' "$logs/ctest-gpu.log" && grep -q 'SKIP (no GPU)' "$logs/ctest-gpu.log" &&
     { echo "GPU tests were SKIPPED: no GPU visible"; step "GPU visible" 1; }
 
+  # compute-sanitizer over every GPU test program: memcheck (out-of-bounds, misaligned and
+  # uninitialised accesses, leaks) and racecheck (shared-memory races); each run is capped so
+  # a slow one cannot eat the device time.
+  sanitizer="$cuda_root/bin/compute-sanitizer"
+  if [ -x "$sanitizer" ]; then
+    say "compute-sanitizer"
+    : >"$logs/sanitizer.log"
+    for t in "$build"/tests/test_gpu_*; do
+      [ -x "$t" ] || continue
+      for tool in memcheck racecheck; do
+        extra=()
+        [ "$tool" = memcheck ] && extra=(--leak-check full)
+        timeout 180 "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 9 "$t" \
+          >>"$logs/sanitizer.log" 2>&1
+        rc=$?
+        printf '%-10s %-32s rc %d\n' "$tool" "$(basename "$t")" "$rc" | tee -a "$logs/sanitizer.log"
+        step "$tool $(basename "$t")" "$rc"
+      done
+    done
+  else
+    echo "compute-sanitizer: not found under $cuda_root/bin"
+    step "compute-sanitizer present" 1
+  fi
+
   say "ctest (all)"
   ctest --test-dir "$build" --output-on-failure -j"$(nproc)" --timeout 600 2>&1 |
     tee "$logs/ctest-all.log" | tail -30
   step "ctest (all)" "${PIPESTATUS[0]}"
 
-  say "benchmarks"
+  # Only the GPU benchmarks: the CPU ones (bench_ops, bench_model, bench_train, bench_data,
+  # bench_comm) measure this project's CPU path and are run on the CPU machines; device time
+  # is scarce. CLUDA_GPU_BENCH=0 skips this step.
+  say "GPU benchmarks"
   : >"$logs/bench.log"
-  found=0
-  for b in "$build"/bin/bench_*; do
-    [ -x "$b" ] || continue
-    found=1
-    echo "---- $b" | tee -a "$logs/bench.log"
-    timeout 300 "$b" 2>&1 | tee -a "$logs/bench.log" | tail -20
-    step "$(basename "$b")" "${PIPESTATUS[0]}"
-  done
-  [ "$found" -eq 1 ] || echo "no benchmarks in $build/bin"
+  if [ "${CLUDA_GPU_BENCH:-1}" != 0 ] && [ -x benchmarks/gpu_step.sh ]; then
+    BUILD="$build" timeout "${CLUDA_GPU_BENCH_SECONDS:-300}" benchmarks/gpu_step.sh 2>&1 |
+      tee -a "$logs/bench.log" | tail -40
+    step "gpu_step.sh" "${PIPESTATUS[0]}"
+  else
+    echo "skipped (CLUDA_GPU_BENCH=0 or no benchmarks/gpu_step.sh)"
+  fi
 fi
 
 say "summary"
