@@ -291,6 +291,7 @@ static void test_kill_one_rank(launch *L, const char *config) {
   if (victim > 0) kill(victim, SIGKILL);
   int rc = wait_for(pid, 60);
   double took = now() - t0;
+  printf("  killed rank 1: mpirun ended with status %d after %.2f s\n", rc, took);
   TEST_CHECK(rc != 0 && rc != -1000 && took < 60,
              "killing rank 1 ends the job: status %d after %.1f s", rc, took);
   /* the last checkpoint is whole: training continues from it */
