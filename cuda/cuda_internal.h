@@ -6,6 +6,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <cudnn.h>
 
 #include "cluda/arena.h"
 #include "cluda/cuda.h"
@@ -24,6 +25,8 @@ typedef struct cluda_cuda_device {
   cudaStream_t stream; /* every op of the context runs on it */
   cublasHandle_t cublas;
   cublasLtHandle_t cublaslt;
+  /* bound to `stream` like the cuBLAS handles; conv2d (cuda/ops/conv2d.cu) */
+  cudnnHandle_t cudnn;
   void *scratch_base; /* cudaMalloc'd; wrapped by `scratch` (ctx->scratch) */
   cluda_arena scratch;
   /* A small device buffer kernels use to report errors the host must see (the first bad
@@ -56,6 +59,14 @@ static inline cluda_cuda_device *cluda_cuda_dev(const cluda_ctx *ctx) {
       return CLUDA_FAIL(CLUDA_ERR_DEVICE, "%s: %s: %s", #call,                                     \
                         cublasGetStatusName(cluda_cublas_st_),                                     \
                         cublasGetStatusString(cluda_cublas_st_));                                  \
+  } while (0)
+
+/* The same for cuDNN calls. */
+#define CLUDA_CUDNN_TRY(call)                                                                      \
+  do {                                                                                             \
+    cudnnStatus_t cluda_cudnn_st_ = (call);                                                        \
+    if (cluda_cudnn_st_ != CUDNN_STATUS_SUCCESS)                                                   \
+      return CLUDA_FAIL(CLUDA_ERR_DEVICE, "%s: %s", #call, cudnnGetErrorString(cluda_cudnn_st_));  \
   } while (0)
 
 /* After a kernel launch: reports a launch error (bad configuration, no kernel image for

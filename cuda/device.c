@@ -132,6 +132,7 @@ static void device_free(cluda_cuda_device *d) {
   if (d->stream) (void)cudaStreamSynchronize(d->stream);
   if (d->report) (void)cudaFree(d->report);
   if (d->scratch_base) (void)cudaFree(d->scratch_base);
+  if (d->cudnn) (void)cudnnDestroy(d->cudnn);
   if (d->cublaslt) (void)cublasLtDestroy(d->cublaslt);
   if (d->cublas) (void)cublasDestroy(d->cublas);
   if (d->stream) (void)cudaStreamDestroy(d->stream);
@@ -149,6 +150,8 @@ static cluda_status device_init(cluda_cuda_device *d, int device, size_t scratch
   CLUDA_CUBLAS_TRY(cublasCreate(&d->cublas));
   CLUDA_CUBLAS_TRY(cublasSetStream(d->cublas, d->stream));
   CLUDA_CUBLAS_TRY(cublasLtCreate(&d->cublaslt));
+  CLUDA_CUDNN_TRY(cudnnCreate(&d->cudnn));
+  CLUDA_CUDNN_TRY(cudnnSetStream(d->cudnn, d->stream));
   scratch_bytes = cluda_arena_align(scratch_bytes);
   if (scratch_bytes > 0) CLUDA_CUDA_TRY(cudaMalloc(&d->scratch_base, scratch_bytes));
   cluda_arena_wrap(&d->scratch, d->scratch_base, scratch_bytes);

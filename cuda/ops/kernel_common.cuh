@@ -58,4 +58,46 @@ static inline int64_t fill_cap(const cluda_cuda_device *d) {
 
 } // namespace cluda_kernels
 
+/* ---- Philox4x32-10 on the device, bit for bit the generator of src/rng.c ----
+ * Dropout masks drawn on the GPU must equal the CPU's for the same key and index (tests
+ * compare them exactly, and a run must not change when it moves between backends), so this
+ * mirrors cluda_philox4x32_10, cluda_rng_bits and cluda_rng_uniform operation for operation:
+ * __umulhi and the 32-bit product are the high and low halves of the CPU's 64-bit product. */
+namespace cluda_kernels {
+
+__device__ __forceinline__ void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1) {
+#pragma unroll
+  for (int round = 0; round < 10; round++) {
+    const uint32_t hi0 = __umulhi(0xD2511F53u, c[0]), lo0 = 0xD2511F53u * c[0];
+    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c[2]), lo1 = 0xCD9E8D57u * c[2];
+    const uint32_t n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+    c[0] = n0;
+    c[1] = lo1;
+    c[2] = n2;
+    c[3] = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+/* cluda_rng_bits: counter (index low 32 bits, index bits 32..47 | slot << 16, stream low,
+ * stream high), key (seed low, seed high). */
+__device__ __forceinline__ void rng_bits(const cluda_rng_key &key, uint64_t index,
+                                         uint32_t out[4]) {
+  out[0] = (uint32_t)index;
+  out[1] = (uint32_t)((index >> 32) & 0xffffu) | (key.slot << 16);
+  out[2] = (uint32_t)key.stream;
+  out[3] = (uint32_t)(key.stream >> 32);
+  philox4x32_10(out, (uint32_t)key.seed, (uint32_t)(key.seed >> 32));
+}
+
+/* cluda_rng_uniform: the top 24 bits of word 0 times 2^-24; both steps are exact in float. */
+__device__ __forceinline__ float rng_uniform(const cluda_rng_key &key, uint64_t index) {
+  uint32_t r[4];
+  rng_bits(key, index, r);
+  return (float)(r[0] >> 8) * (1.0f / 16777216.0f);
+}
+
+} // namespace cluda_kernels
+
 #endif

@@ -10,6 +10,22 @@
 extern "C" {
 #endif
 
+/* The contrastive loss (include/cluda/contrastive.h; the parameter struct is declared there):
+ * the signatures of cluda_contrastive_forward / cluda_contrastive_backward. */
+struct cluda_contrastive_params;
+typedef cluda_status cluda_contrastive_forward_fn(
+    cluda_ctx *ctx, const struct cluda_contrastive_params *p, const cluda_tensor *anchors,
+    const cluda_tensor *anchor_labels, const cluda_tensor *anchor_weights,
+    const cluda_tensor *contrast, const cluda_tensor *contrast_labels,
+    const cluda_tensor *contrast_weights, cluda_tensor *loss, cluda_tensor *stats);
+typedef cluda_status cluda_contrastive_backward_fn(
+    cluda_ctx *ctx, const struct cluda_contrastive_params *p, const cluda_tensor *anchors,
+    const cluda_tensor *anchor_labels, const cluda_tensor *anchor_weights,
+    const cluda_tensor *contrast, const cluda_tensor *contrast_labels,
+    const cluda_tensor *contrast_weights, const cluda_tensor *stats, const cluda_tensor *dloss,
+    cluda_tensor *d_anchors, cluda_tensor *d_contrast, cluda_tensor *d_anchor_weights,
+    cluda_tensor *d_contrast_weights);
+
 typedef struct cluda_backend {
   const char *name; /* "cpu" or "cuda" */
   cluda_gelu_forward_fn *gelu_forward;
@@ -49,6 +65,11 @@ typedef struct cluda_backend {
   cluda_l2norm_backward_fn *l2norm_backward;
   cluda_feature_distance_forward_fn *feature_distance_forward;
   cluda_feature_distance_backward_fn *feature_distance_backward;
+  /* The CPU computes the contrastive loss inside the public functions (src/nn/contrastive.c),
+   * so the CPU table leaves these NULL; on any other backend the public functions validate
+   * the arguments and call these. */
+  cluda_contrastive_forward_fn *contrastive_forward;
+  cluda_contrastive_backward_fn *contrastive_backward;
 } cluda_backend;
 
 /* The CPU reference backend (always available). */

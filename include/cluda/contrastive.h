@@ -71,7 +71,8 @@
  * Memory: scratch of cluda_contrastive_scratch_bytes (about 4 Ma tile_cols bytes + O(Ma + Mc)),
  * from ctx->scratch and released before returning; stats [Ma, 4] is saved for the backward.
  *
- * CPU backend only for now (a CUDA context answers CLUDA_ERR_UNSUPPORTED). */
+ * Backends: the CPU computes it here; a CUDA context dispatches to cuda/ops/contrastive.cu
+ * (same tiles and statistics; all tensors in device memory). */
 #ifndef CLUDA_CONTRASTIVE_H
 #define CLUDA_CONTRASTIVE_H
 

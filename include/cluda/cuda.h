@@ -19,6 +19,7 @@
 
 #include "cluda/backend.h"
 #include "cluda/ops.h"
+#include "cluda/optim.h"
 #include "cluda/status.h"
 
 #ifdef __cplusplus
@@ -63,8 +64,8 @@ cluda_status cluda_cuda_probe(int device, cluda_cuda_info *info);
 const cluda_backend *cluda_backend_cuda(void);
 
 /* Creates a context on GPU `device`: makes it current (cudaSetDevice), creates a stream,
- * a cuBLAS and a cuBLASLt handle bound to it, and a device scratch arena of scratch_bytes
- * (ctx->scratch; may be 0). *out gets backend = cluda_backend_cuda(). Fails with
+ * a cuBLAS, a cuBLASLt and a cuDNN handle bound to it, and a device scratch arena of
+ * scratch_bytes (ctx->scratch; may be 0). *out gets backend = cluda_backend_cuda(). Fails with
  * CLUDA_ERR_DEVICE (naming the CUDA call and its error) when there is no GPU. */
 cluda_status cluda_cuda_context_create(int device, size_t scratch_bytes, cluda_ctx *out);
 /* Waits for the stream, then frees everything the context owns; *ctx is zeroed. Accepts a
@@ -105,6 +106,94 @@ cluda_layernorm_forward_fn cluda_cuda_layernorm_forward;
 cluda_layernorm_backward_fn cluda_cuda_layernorm_backward;
 cluda_cross_entropy_forward_fn cluda_cuda_cross_entropy_forward;
 cluda_cross_entropy_backward_fn cluda_cuda_cross_entropy_backward;
+/* conv2d (cuda/ops/conv2d.cu): cuDNN for general convs (its workspace from ctx->scratch),
+ * direct kernels for depthwise ones; db and the depthwise dw take partials from ctx->scratch.
+ * batchnorm (cuda/ops/batchnorm.cu): per-channel partials from ctx->scratch; no SyncBatchNorm
+ * (training with ctx->bn_sync of more than one rank fails with CLUDA_ERR_UNSUPPORTED).
+ * resize (cuda/ops/resize.cu): no scratch. */
+cluda_conv2d_forward_fn cluda_cuda_conv2d_forward;
+cluda_conv2d_backward_fn cluda_cuda_conv2d_backward;
+cluda_batchnorm_forward_fn cluda_cuda_batchnorm_forward;
+cluda_batchnorm_backward_fn cluda_cuda_batchnorm_backward;
+cluda_resize_bilinear_forward_fn cluda_cuda_resize_bilinear_forward;
+cluda_resize_bilinear_backward_fn cluda_cuda_resize_bilinear_backward;
+cluda_resize_nearest_forward_fn cluda_cuda_resize_nearest_forward;
+cluda_resize_nearest_backward_fn cluda_cuda_resize_nearest_backward;
+/* linear (cuda/ops/linear.cu) uses 32 MiB of ctx->scratch as cuBLASLt workspace when that much
+ * is free (else none); its db and feature_distance take small partial buffers from it. */
+cluda_linear_forward_fn cluda_cuda_linear_forward;
+cluda_linear_backward_fn cluda_cuda_linear_backward;
+cluda_axpy_fn cluda_cuda_axpy;
+cluda_l2norm_forward_fn cluda_cuda_l2norm_forward;
+cluda_l2norm_backward_fn cluda_cuda_l2norm_backward;
+cluda_feature_distance_forward_fn cluda_cuda_feature_distance_forward;
+cluda_feature_distance_backward_fn cluda_cuda_feature_distance_backward;
+cluda_avgpool_forward_fn cluda_cuda_avgpool_forward;
+cluda_avgpool_backward_fn cluda_cuda_avgpool_backward;
+cluda_concat_forward_fn cluda_cuda_concat_forward;
+cluda_concat_backward_fn cluda_cuda_concat_backward;
+cluda_slice_forward_fn cluda_cuda_slice_forward;
+cluda_slice_backward_fn cluda_cuda_slice_backward;
+cluda_dropout_forward_fn cluda_cuda_dropout_forward;
+cluda_dropout_backward_fn cluda_cuda_dropout_backward;
+
+/* attention (cuda/ops/attention.cu): the backward takes dS blocks of N Nk floats from
+ * ctx->scratch, as many (batch, head) pairs per batched GEMM as the free scratch holds and at
+ * least one (cluda_attention_scratch_bytes). */
+cluda_attention_forward_fn cluda_cuda_attention_forward;
+cluda_attention_backward_fn cluda_cuda_attention_backward;
+/* the contrastive loss (cuda/ops/contrastive.cu; include/cluda/contrastive.h): a subset of
+ * cluda_contrastive_scratch_bytes from ctx->scratch; synchronises once per call to check the
+ * labels. */
+cluda_contrastive_forward_fn cluda_cuda_contrastive_forward;
+cluda_contrastive_backward_fn cluda_cuda_contrastive_backward;
+
+/* ---- AdamW + EMA teacher + gradient norm on device buffers (cuda/optim.cu) ----
+ * params, grads, m, v and teacher are device copies of the flat buffers of one
+ * cluda_param_table (table->total floats each; m and v start zeroed like cluda_adamw_init's).
+ * Padding floats are never read or written. Results equal cluda_adamw_step, cluda_ema_update
+ * and cluda_grad_norm (the same float operations in the same order; the norm's double sum in
+ * another order). */
+typedef struct cluda_cuda_optim cluda_cuda_optim; /* per-table metadata on the device */
+
+/* Builds the metadata of `table` (spans of <= 4096 elements inside one entry, each with the
+ * entry's group and no_decay flag; 16 bytes per span) and uploads it once. Waits for the
+ * upload. */
+cluda_status cluda_cuda_optim_create(cluda_ctx *ctx, const cluda_param_table *table,
+                                     cluda_cuda_optim **out);
+/* Frees the metadata (NULL is accepted). Call after the work using it has finished. */
+void cluda_cuda_optim_destroy(cluda_cuda_optim *meta);
+/* Fails (CLUDA_ERR_ARG) unless `table` is the one the metadata was built from. */
+cluda_status cluda_cuda_optim_check_table(const cluda_cuda_optim *meta,
+                                          const cluda_param_table *table);
+
+/* *norm = the global L2 norm of grads over the table's entries: per-span double sums of
+ * squares, then one block sums them in span order (deterministic). Waits for the stream. */
+cluda_status cluda_cuda_grad_norm(cluda_ctx *ctx, const cluda_cuda_optim *meta, const float *grads,
+                                  double *norm);
+
+/* One fused pass: AdamW step t = `step` (opt->step + 1) with the scheduled group_lr, on the
+ * gradients times grad_scale (1, or the clipping coefficient (float)(max_norm / (n + 1e-6))
+ * when that is below 1, as cluda_grad_clip would multiply them; grads itself is not written),
+ * then, when teacher is not NULL, the EMA update of iteration ema_t from the NEW parameters:
+ * teacher = a teacher + (1 - a) params, a = cluda_ema_alpha(ema_t, ema_alpha) (ema_t = 0:
+ * copy). The trainer's order is EMA(it) -> losses -> AdamW(it) -> EMA(it + 1) -> ..., so the
+ * fused call of iteration it passes ema_t = it + 1; cuda/optim.cu explains when to pass
+ * teacher = NULL and run cluda_cuda_ema_update instead (iteration 0, checkpoints, the last
+ * iteration). grad_norm (may be NULL) receives the L2 norm of the unscaled gradients (what
+ * the trainer logs), which makes the call wait for the stream. Fails on NULL or aliased
+ * buffers, step < 1, an invalid config, a negative or non-finite lr, grad_scale outside
+ * [0, 1], or (with a teacher) ema_t < 0 or ema_alpha outside [0, 1]. */
+cluda_status cluda_cuda_adamw_ema_step(cluda_ctx *ctx, const cluda_cuda_optim *meta,
+                                       const cluda_adamw_config *config,
+                                       const double group_lr[CLUDA_OPTIM_GROUPS], int64_t step,
+                                       float grad_scale, float *params, const float *grads,
+                                       float *m, float *v, float *teacher, int64_t ema_t,
+                                       double ema_alpha, double *grad_norm);
+
+/* cluda_ema_update on device buffers (iteration t, copy at t = 0). Does not wait. */
+cluda_status cluda_cuda_ema_update(cluda_ctx *ctx, const cluda_cuda_optim *meta, float *teacher,
+                                   const float *student, int64_t t, double alpha);
 
 #ifdef __cplusplus
 }

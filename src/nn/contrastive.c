@@ -99,8 +99,11 @@ static cluda_status check_inputs(const char *op, cluda_ctx *ctx, const cluda_con
   char da[64], dc[64];
   CLUDA_REQUIRE(ctx != NULL && ctx->backend != NULL, CLUDA_ERR_ARG,
                 "%s: ctx or ctx->backend is NULL", op);
-  CLUDA_REQUIRE(ctx->backend == cluda_backend_cpu(), CLUDA_ERR_UNSUPPORTED,
-                "%s: not implemented by the %s backend", op, ctx->backend->name);
+  /* the CPU computes below; another backend through its table entries (after validation) */
+  CLUDA_REQUIRE(ctx->backend == cluda_backend_cpu() ||
+                    (ctx->backend->contrastive_forward && ctx->backend->contrastive_backward),
+                CLUDA_ERR_UNSUPPORTED, "%s: not implemented by the %s backend", op,
+                ctx->backend->name);
   CLUDA_REQUIRE(p != NULL, CLUDA_ERR_ARG, "%s: params is NULL", op);
   CLUDA_REQUIRE(p->tau > 0.0f && isfinite(p->tau), CLUDA_ERR_ARG,
                 "%s: tau %g must be a finite number > 0", op, (double)p->tau);
@@ -331,6 +334,11 @@ cluda_contrastive_forward(cluda_ctx *ctx, const cluda_contrastive_params *p,
                          contrast_labels, contrast_weights));
   CLUDA_TRY(check_scalar(op, "loss", loss));
   CLUDA_TRY(check_stats(op, stats, anchors));
+  /* labels and tensors live in device memory there: the backend checks the label values */
+  if (ctx->backend != cluda_backend_cpu())
+    return ctx->backend->contrastive_forward(ctx, p, anchors, anchor_labels, anchor_weights,
+                                             contrast, contrast_labels, contrast_weights, loss,
+                                             stats);
   CLUDA_TRY(check_label_values(op, "anchor_labels", anchor_labels, p));
   CLUDA_TRY(check_label_values(op, "contrast_labels", contrast_labels, p));
 
@@ -463,6 +471,11 @@ cluda_status cluda_contrastive_backward(
     CLUDA_TRY(check_rows(op, "d_contrast_weights", d_contrast_weights, CLUDA_F32,
                          contrast->shape[0], "contrast", contrast));
   }
+  /* labels, dloss and the outputs live in device memory there */
+  if (ctx->backend != cluda_backend_cpu())
+    return ctx->backend->contrastive_backward(
+        ctx, p, anchors, anchor_labels, anchor_weights, contrast, contrast_labels, contrast_weights,
+        stats, dloss, d_anchors, d_contrast, d_anchor_weights, d_contrast_weights);
   CLUDA_TRY(check_label_values(op, "anchor_labels", anchor_labels, p));
   CLUDA_TRY(check_label_values(op, "contrast_labels", contrast_labels, p));
 

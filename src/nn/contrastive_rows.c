@@ -1,5 +1,6 @@
 /* The contrastive loss of one rank's rows against the global batch (include/cluda/
  * contrastive.h, cluda_contrastive_rows_step; shared/spec/systems.md 2.2 option A). */
+#include "cluda/backend.h"
 #include "cluda/comm.h"
 #include "cluda/contrastive.h"
 
@@ -12,6 +13,11 @@ cluda_status cluda_contrastive_rows_step(cluda_ctx *ctx, cluda_comm *comm,
   const char *op = "contrastive_rows_step";
   CLUDA_REQUIRE(comm != NULL && p != NULL && buf != NULL && loss != NULL, CLUDA_ERR_ARG,
                 "%s: comm, p, buf and loss must not be NULL", op);
+  /* The loss and its gradient seed live on the host here, and the MPI communicator moves host
+   * buffers: a device version needs the NCCL communicator and device scalars. */
+  CLUDA_REQUIRE(ctx != NULL && ctx->backend == cluda_backend_cpu(), CLUDA_ERR_UNSUPPORTED,
+                "%s: only the CPU backend is supported (got %s)", op,
+                ctx && ctx->backend ? ctx->backend->name : "no backend");
   CLUDA_TRY(cluda_check_tensor(op, "rows", rows, CLUDA_F32, 2));
   CLUDA_TRY(cluda_check_tensor(op, "d_rows", d_rows, CLUDA_F32, 2));
   char dr[64], dd[64];

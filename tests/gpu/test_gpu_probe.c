@@ -2,6 +2,7 @@
  * (and must pass) on machines without a GPU: there it checks that the probe reports "no
  * GPU" cleanly and that nothing crashes; on a GPU machine it checks the reported device and
  * a context's life cycle. The table and the validate-before-dispatch checks need no GPU. */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,24 @@ static void check_table(void) {
                  b->layernorm_forward != NULL && b->layernorm_backward != NULL &&
                  b->cross_entropy_forward != NULL && b->cross_entropy_backward != NULL,
              "softmax, layernorm and cross_entropy are in the cuda table");
-  TEST_CHECK(b->linear_forward == NULL && b->conv2d_forward == NULL &&
-                 b->attention_forward == NULL && b->batchnorm_forward == NULL,
-             "ops without a CUDA version are NULL");
+  TEST_CHECK(b->linear_forward != NULL && b->linear_backward != NULL && b->axpy != NULL &&
+                 b->l2norm_forward != NULL && b->feature_distance_forward != NULL &&
+                 b->avgpool_forward != NULL && b->concat_forward != NULL &&
+                 b->slice_backward != NULL && b->dropout_forward != NULL,
+             "linear, axpy, l2norm, feature_distance, avgpool, concat/slice, dropout are in the "
+             "cuda table");
+  /* Every op of the table has a CUDA version: the table is a struct of function pointers
+   * after the name, so walk it as such. */
+  const size_t slots = (sizeof *b - offsetof(cluda_backend, gelu_forward)) / sizeof(void (*)(void));
+  const char *first = (const char *)&b->gelu_forward;
+  int missing = 0;
+  for (size_t i = 0; i < slots; i++) {
+    void (*fn)(void);
+    memcpy(&fn, first + i * sizeof fn, sizeof fn);
+    missing += fn == NULL;
+  }
+  TEST_CHECK(missing == 0, "every op of the backend table has a CUDA version (%d missing of %zu)",
+             missing, slots);
   TEST_CHECK(cluda_backend_cpu() != b, "cpu and cuda tables differ");
 }
 
@@ -56,11 +72,19 @@ static void check_validation_before_dispatch(void) {
   cluda_status s = cluda_layernorm_forward(&ctx, &x, &gamma_bad, &beta, 1e-6f, &y, &stats, &stats);
   TEST_CHECK(s.code == CLUDA_ERR_SHAPE, "layernorm_forward rejects gamma [4] for C = 5: %s %s",
              cluda_code_name(s.code), s.message);
-  /* an op the CUDA table lacks: valid arguments, then CLUDA_ERR_UNSUPPORTED naming cuda */
+  /* linear: w must be [out, in] with x's in */
   cluda_tensor lx = cluda_tensor_2d(CLUDA_F32, bogus, 2, 3);
-  cluda_tensor lw = cluda_tensor_2d(CLUDA_F32, bogus, 4, 3);
+  cluda_tensor lw = cluda_tensor_2d(CLUDA_F32, bogus, 4, 5);
   cluda_tensor ly = cluda_tensor_2d(CLUDA_F32, bogus, 2, 4);
-  TEST_FAILS(cluda_linear_forward(&ctx, &lx, &lw, NULL, &ly), CLUDA_ERR_UNSUPPORTED, "cuda");
+  TEST_FAILS(cluda_linear_forward(&ctx, &lx, &lw, NULL, &ly), CLUDA_ERR_SHAPE, "w");
+  /* an op a backend lacks: valid arguments, then CLUDA_ERR_UNSUPPORTED naming the backend
+   * (a copy of the CUDA table with one entry removed, since the real one is complete) */
+  cluda_backend partial = *cluda_backend_cuda();
+  partial.resize_nearest_forward = NULL;
+  cluda_ctx partial_ctx = {.backend = &partial, .scratch = NULL, .device = NULL};
+  cluda_tensor rx = cluda_tensor_4d(CLUDA_F32, bogus, 1, 2, 2, 3);
+  cluda_tensor ry = cluda_tensor_4d(CLUDA_F32, bogus, 1, 4, 4, 3);
+  TEST_FAILS(cluda_resize_nearest_forward(&partial_ctx, &rx, &ry), CLUDA_ERR_UNSUPPORTED, "cuda");
 }
 
 static void check_no_gpu(const cluda_cuda_info *info) {
