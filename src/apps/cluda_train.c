@@ -46,8 +46,10 @@ static const char kUsage[] =
     "usage: cluda_train --config FILE --work-dir DIR [--set KEY=VALUE ...]\n"
     "                   [--resume auto|FILE] [--max-iters N]\n"
     "\n"
-    "Trains the student of CLUDA (DAFormer self-training + pixel-contrastive losses) on the\n"
-    "synthetic source domain and adapts it to the synthetic target domain.\n"
+    "Trains the student of CLUDA (DAFormer self-training + pixel-contrastive losses) on a\n"
+    "labelled source domain and adapts it to an unlabelled target domain: GTA5 or SYNTHIA ->\n"
+    "Cityscapes from disk (data.source, data.target; docs/datasets.md) or the built-in\n"
+    "synthetic scenes (the default). model.pretrained names the ImageNet encoder weights.\n"
     "\n"
     "  --config FILE      YAML run configuration (keys: configs/README.md)\n"
     "  --set KEY=VALUE    override one config key (YAML value), after the file; repeatable\n"
@@ -195,6 +197,8 @@ static cluda_status evaluate_dataset(cluda_trainer *t, const cluda_dataset *val,
   int n = t->s.val_images < val->count ? t->s.val_images : val->count;
   cluda_confusion_reset(cm);
   for (int i = 0; i < n && s.code == CLUDA_OK; i++) {
+    cluda_image_free(&rgb); /* the reader fills a fresh image */
+    cluda_image_free(&labels);
     s = cluda_dataset_read_pair(val, i, &rgb, &labels);
     size_t pixels = (size_t)rgb.width * (size_t)rgb.height;
     if (s.code == CLUDA_OK && pixels > pred_pixels) {
