@@ -9,6 +9,7 @@ packages=(
   libpng-dev libyaml-dev zlib1g-dev
   libopenblas-dev
   clang-format
+  python3
 )
 
 missing=()

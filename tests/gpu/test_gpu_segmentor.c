@@ -43,10 +43,11 @@ static void compare(cluda_ctx *g, const char *what, const void *dev, const float
   free(got);
 }
 
+/* A device buffer of `bytes`, holding a copy of host when host is not NULL. */
 static void *device_copy(cluda_ctx *g, const void *host, size_t bytes) {
   void *d = NULL;
   if (!TEST_OK(cluda_cuda_malloc(bytes ? bytes : 4, &d))) abort();
-  if (bytes) TEST_OK(cluda_cuda_upload(g, d, host, bytes));
+  if (bytes && host) TEST_OK(cluda_cuda_upload(g, d, host, bytes));
   return d;
 }
 
@@ -132,9 +133,15 @@ static void check_network(cluda_ctx *g, const char *name, const char *yaml) {
       if (ns) compare(g, what, d_state, state, (int64_t)ns);
       snprintf(what, sizeof what, "%s: input gradient", name);
       compare(g, what, d_dx, dx, nx);
-      /* every parameter tensor on its own scale */
+      /* every parameter tensor against the scale of the whole gradient: tensors whose true
+       * gradient is zero (biases feeding a training-mode BatchNorm) hold only rounding noise
+       * on both backends, so their own norm is no scale to judge them by */
       float *all = test_alloc_f32((int64_t)np);
       if (TEST_OK(cluda_cuda_download(g, all, d_grads, np * sizeof(float)))) {
+        double global = 0.0;
+        for (size_t i = 0; i < np; i++)
+          global += (double)grads[i] * grads[i];
+        global = sqrt(global);
         int worst = -1;
         double worst_rel = 0.0;
         for (int e = 0; e < model.params.count; e++) {
@@ -146,14 +153,14 @@ static void check_network(cluda_ctx *g, const char *name, const char *yaml) {
             num += d * d;
             den += (double)grads[pe->offset + i] * grads[pe->offset + i];
           }
-          double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+          double rel = sqrt(num) / fmax(sqrt(den), 1e-3 * global);
           if (rel > worst_rel) worst_rel = rel, worst = e;
         }
         printf("  %s: parameter gradients, worst tensor %s rel-L2 %.3g\n", name,
                worst >= 0 ? model.params.items[worst].name : "-", worst_rel);
         TEST_CHECK(worst_rel <= 1e-4,
-                   "%s: every parameter gradient within 1e-4 relative L2 "
-                   "(worst %s: %.3g)",
+                   "%s: every parameter gradient within 1e-4 relative L2, floored at 1e-3 of "
+                   "the whole gradient's norm (worst %s: %.3g)",
                    name, worst >= 0 ? model.params.items[worst].name : "-", worst_rel);
         snprintf(what, sizeof what, "%s: all parameter gradients", name);
         test_compare_f32(what, all, grads, (int64_t)np, 1e-3, 1e-4 * max_abs(grads, np));
