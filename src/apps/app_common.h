@@ -92,6 +92,16 @@ static inline cluda_status app_load_config(cluda_config *cfg, const char *path,
   return cluda_ok();
 }
 
+/* --print-config-reference: the Markdown reference of every config key on stdout; returns the
+ * exit status. */
+static inline int app_print_config_reference(const char *program) {
+  int count = 0;
+  const cluda_config_key *keys = cluda_config_registry(&count);
+  cluda_status s = cluda_config_write_reference(keys, count, stdout);
+  if (s.code != CLUDA_OK) fprintf(stderr, "%s: error: %s\n", program, s.message);
+  return s.code == CLUDA_OK ? 0 : 1;
+}
+
 /* eval.num_classes_protocol: 19 (all classes), 16 or 13 (SYNTHIA conventions). */
 static inline cluda_status app_read_protocol(const cluda_config *cfg,
                                              cluda_eval_protocol *protocol) {

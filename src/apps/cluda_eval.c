@@ -534,13 +534,7 @@ int main(int argc, char **argv) {
     fputs(usage, stdout);
     return 0;
   }
-  if (opt.print_reference) {
-    int count = 0;
-    const cluda_config_key *keys = cluda_config_registry(&count);
-    cluda_status s = cluda_config_write_reference(keys, count, stdout);
-    if (s.code != CLUDA_OK) fprintf(stderr, "cluda_eval: error: %s\n", s.message);
-    return s.code == CLUDA_OK ? 0 : 1;
-  }
+  if (opt.print_reference) return app_print_config_reference("cluda_eval");
   /* Failures are reported through cluda_status; HDF5's own stack dumps would bury them. */
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   eval_run r;
