@@ -45,41 +45,28 @@ __global__ void bn_sum_partials_kernel(const float *__restrict__ x,
                                        int64_t chunk_rows, double *__restrict__ part) {
   __shared__ double sh[kTy][kWarp + 1];
   const int c = blockIdx.x * kWarp + threadIdx.x;
-  const int64_t r0 = (int64_t)blockIdx.y * chunk_rows;
-  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
   double s = 0.0;
   if (c < cols) {
     if (center) {
       const double m = center[c];
-      for (int64_t r = r0 + threadIdx.y; r < r1; r += kTy) {
+      s = chunk_column_sum<kTy>(rows, chunk_rows, [&](int64_t r) {
         const double t = (double)x[r * cols + c] - m;
-        s += t * t;
-      }
+        return t * t;
+      });
     } else {
-      for (int64_t r = r0 + threadIdx.y; r < r1; r += kTy)
-        s += (double)x[r * cols + c];
+      s = chunk_column_sum<kTy>(rows, chunk_rows,
+                                [&](int64_t r) { return (double)x[r * cols + c]; });
     }
   }
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    double t = 0.0;
-#pragma unroll
-    for (int k = 0; k < kTy; k++)
-      t += sh[k][threadIdx.x];
-    part[(int64_t)blockIdx.y * cols + c] = t;
-  }
+  const double t = block_column_total<kTy>(sh, s);
+  if (threadIdx.y == 0 && c < cols) part[(int64_t)blockIdx.y * cols + c] = t;
 }
 
 /* mean[c] = (sum of the chunk partials in order) / rows */
 __global__ void bn_mean_kernel(const double *__restrict__ part, int chunks, int cols, int64_t rows,
                                double *__restrict__ mean) {
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    double s = 0.0;
-    for (int k = 0; k < chunks; k++)
-      s += part[(int64_t)k * cols + c];
-    mean[c] = s / (double)rows;
-  }
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+    mean[c] = sum_chunk_partials(part, chunks, cols, c) / (double)rows;
 }
 
 /* From the chunk partials of the squared deviations: the saved statistics, the running
@@ -90,9 +77,7 @@ __global__ void bn_stats_kernel(const double *__restrict__ part, int chunks, int
                                 float *__restrict__ running_var, float *__restrict__ save_mean,
                                 float *__restrict__ save_rstd, double *__restrict__ scale) {
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    double s = 0.0;
-    for (int k = 0; k < chunks; k++)
-      s += part[(int64_t)k * cols + c];
+    const double s = sum_chunk_partials(part, chunks, cols, c);
     const double biased = s / (double)rows, unbiased = s / (double)(rows - 1);
     const double rs = 1.0 / sqrt(biased + eps);
     save_mean[c] = (float)mean[c];
@@ -185,11 +170,8 @@ __global__ void bn_backward_coef_kernel(const double *__restrict__ part_dy,
                                         float *__restrict__ dbeta, double *__restrict__ kc,
                                         double *__restrict__ ac, double *__restrict__ bc) {
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    double sdy = 0.0, sdyx = 0.0;
-    for (int k = 0; k < chunks; k++) {
-      sdy += part_dy[(int64_t)k * cols + c];
-      sdyx += part_dyx[(int64_t)k * cols + c];
-    }
+    const double sdy = sum_chunk_partials(part_dy, chunks, cols, c);
+    const double sdyx = sum_chunk_partials(part_dyx, chunks, cols, c);
     dgamma[c] += (float)sdyx;
     dbeta[c] += (float)sdy;
     kc[c] = (double)gamma[c] * (double)rstd[c];
@@ -210,18 +192,6 @@ __global__ void bn_backward_dx_kernel(const float *__restrict__ x, const float *
     const double xhat = ((double)x[i] - (double)mean[c]) * (double)rstd[c];
     dx[i] = (float)(kc[c] * ((double)dy[i] - ac[c] - xhat * bc[c]));
   }
-}
-
-/* Row chunks of the partials: about kMinChunkRows rows each, at most kMaxChunks, none empty;
- * a function of the row count only. */
-void chunking(int64_t rows, int64_t *chunks, int64_t *chunk_rows) {
-  int64_t k = (rows + kMinChunkRows - 1) / kMinChunkRows;
-  if (k > kMaxChunks) k = kMaxChunks;
-  if (k < 1) k = 1;
-  const int64_t per = (rows + k - 1) / k;
-  *chunk_rows = per > 0 ? per : 1;
-  *chunks = (rows + *chunk_rows - 1) / *chunk_rows;
-  if (*chunks < 1) *chunks = 1;
 }
 
 /* Takes `count` doubles from the scratch arena. */
@@ -292,7 +262,7 @@ cluda_cuda_batchnorm_forward(cluda_ctx *ctx, const cluda_batchnorm_params *p, co
 
   /* training: the entry point checked rows > 1 */
   int64_t chunks, chunk_rows;
-  chunking(rows, &chunks, &chunk_rows);
+  row_chunking(rows, kMinChunkRows, kMaxChunks, &chunks, &chunk_rows);
   ScratchScope scope(ctx->scratch);
   double *part = NULL, *mean = NULL, *scale = NULL;
   CLUDA_TRY(take_doubles(op, ctx->scratch, chunks * cols, "batchnorm_forward partials", &part));
@@ -333,7 +303,7 @@ extern "C" cluda_status cluda_cuda_batchnorm_backward(
   const cluda_cuda_device *d = cluda_cuda_dev(ctx);
 
   int64_t chunks, chunk_rows;
-  chunking(rows, &chunks, &chunk_rows);
+  row_chunking(rows, kMinChunkRows, kMaxChunks, &chunks, &chunk_rows);
   ScratchScope scope(ctx->scratch);
   double *part_dy = NULL, *part_dyx = NULL, *kc = NULL, *ac = NULL, *bc = NULL;
   CLUDA_TRY(

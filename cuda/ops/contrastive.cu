@@ -533,6 +533,19 @@ cluda_status backward_run(cluda_ctx *ctx, const cluda_contrastive_params *p, con
   return cluda_ok();
 }
 
+/* What both entry points check before anything is queued: a CUDA context, the labels (on
+ * the device) and a scratch arena. */
+cluda_status check_entry(cluda_ctx *ctx, const char *op, const cluda_contrastive_params *p,
+                         const cluda_tensor *anchors, const cluda_tensor *anchor_labels,
+                         const cluda_tensor *contrast, const cluda_tensor *contrast_labels) {
+  CLUDA_REQUIRE(cluda_cuda_context_is_cuda(ctx), CLUDA_ERR_ARG, "%s: not a CUDA context", op);
+  CLUDA_TRY(check_labels(cluda_cuda_dev(ctx), op, p, anchor_labels, contrast_labels));
+  CLUDA_REQUIRE(ctx->scratch != NULL, CLUDA_ERR_ALLOC,
+                "%s: ctx->scratch is NULL; %zu bytes are needed (cluda_contrastive_scratch_bytes)",
+                op, cluda_contrastive_scratch_bytes(p, anchors->shape[0], contrast->shape[0]));
+  return cluda_ok();
+}
+
 } // namespace
 
 /* The public functions (src/nn/contrastive.c) have validated everything that lives on the
@@ -543,12 +556,7 @@ extern "C" cluda_status cluda_cuda_contrastive_forward(
     const cluda_tensor *contrast, const cluda_tensor *contrast_labels,
     const cluda_tensor *contrast_weights, cluda_tensor *loss, cluda_tensor *stats) {
   static const char op[] = "contrastive_forward";
-  CLUDA_REQUIRE(cluda_cuda_context_is_cuda(ctx), CLUDA_ERR_ARG, "%s: not a CUDA context", op);
-  cluda_cuda_device *dev = cluda_cuda_dev(ctx);
-  CLUDA_TRY(check_labels(dev, op, p, anchor_labels, contrast_labels));
-  CLUDA_REQUIRE(ctx->scratch != NULL, CLUDA_ERR_ALLOC,
-                "%s: ctx->scratch is NULL; %zu bytes are needed (cluda_contrastive_scratch_bytes)",
-                op, cluda_contrastive_scratch_bytes(p, anchors->shape[0], contrast->shape[0]));
+  CLUDA_TRY(check_entry(ctx, op, p, anchors, anchor_labels, contrast, contrast_labels));
   const size_t mark = cluda_arena_mark(ctx->scratch);
   /* queued work runs in stream order, so the scratch may be released once it is queued */
   const cluda_status st = forward_run(ctx, p, anchors, anchor_labels, anchor_weights, contrast,
@@ -565,12 +573,7 @@ extern "C" cluda_status cluda_cuda_contrastive_backward(
     cluda_tensor *d_anchors, cluda_tensor *d_contrast, cluda_tensor *d_anchor_weights,
     cluda_tensor *d_contrast_weights) {
   static const char op[] = "contrastive_backward";
-  CLUDA_REQUIRE(cluda_cuda_context_is_cuda(ctx), CLUDA_ERR_ARG, "%s: not a CUDA context", op);
-  cluda_cuda_device *dev = cluda_cuda_dev(ctx);
-  CLUDA_TRY(check_labels(dev, op, p, anchor_labels, contrast_labels));
-  CLUDA_REQUIRE(ctx->scratch != NULL, CLUDA_ERR_ALLOC,
-                "%s: ctx->scratch is NULL; %zu bytes are needed (cluda_contrastive_scratch_bytes)",
-                op, cluda_contrastive_scratch_bytes(p, anchors->shape[0], contrast->shape[0]));
+  CLUDA_TRY(check_entry(ctx, op, p, anchors, anchor_labels, contrast, contrast_labels));
   const size_t mark = cluda_arena_mark(ctx->scratch);
   const cluda_status st = backward_run(ctx, p, anchors, anchor_labels, anchor_weights, contrast,
                                        contrast_labels, contrast_weights, stats, dloss, d_anchors,

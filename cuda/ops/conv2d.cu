@@ -105,12 +105,9 @@ __global__ void dw_forward_kernel(const float *__restrict__ x, const float *__re
   const int taps = g.kh * g.kw;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int c = (int)(i % g.cin);
-    const int64_t pix = i / g.cin;
-    const int ow = (int)(pix % g.ow);
-    const int64_t t = pix / g.ow;
-    const int oh = (int)(t % g.oh);
-    const int64_t n = t / g.oh;
+    const NhwcPos pos = nhwc_pos(i, g.oh, g.ow, g.cin);
+    const int c = pos.c, ow = pos.x, oh = pos.y;
+    const int64_t n = pos.n;
     const float *xn = x + n * g.h * g.w * g.cin + c;
     const float *wc = w + (int64_t)c * taps;
     float acc = b ? b[c] : 0.0f;
@@ -137,12 +134,9 @@ __global__ void dw_backward_dx_kernel(const float *__restrict__ dy, const float 
   const int taps = g.kh * g.kw;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int c = (int)(i % g.cin);
-    const int64_t pix = i / g.cin;
-    const int iw = (int)(pix % g.w);
-    const int64_t t = pix / g.w;
-    const int ih = (int)(t % g.h);
-    const int64_t n = t / g.h;
+    const NhwcPos pos = nhwc_pos(i, g.h, g.w, g.cin);
+    const int c = pos.c, iw = pos.x, ih = pos.y;
+    const int64_t n = pos.n;
     const float *dyn = dy + n * g.oh * g.ow * g.cin + c;
     const float *wc = w + (int64_t)c * taps;
     float acc = 0.0f;
@@ -231,32 +225,19 @@ __global__ void bias_grad_partials_kernel(const float *__restrict__ dy, int64_t 
                                           int64_t chunk_rows, double *__restrict__ part) {
   __shared__ double sh[kTy][kWarp + 1];
   const int c = blockIdx.x * kWarp + threadIdx.x;
-  const int64_t r0 = (int64_t)blockIdx.y * chunk_rows;
-  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
   double s = 0.0;
   if (c < cols)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTy)
-      s += (double)dy[r * cols + c];
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    double t = 0.0;
-#pragma unroll
-    for (int k = 0; k < kTy; k++)
-      t += sh[k][threadIdx.x];
-    part[(int64_t)blockIdx.y * cols + c] = t;
-  }
+    s = chunk_column_sum<kTy>(rows, chunk_rows,
+                              [&](int64_t r) { return (double)dy[r * cols + c]; });
+  const double t = block_column_total<kTy>(sh, s);
+  if (threadIdx.y == 0 && c < cols) part[(int64_t)blockIdx.y * cols + c] = t;
 }
 
 /* db[c] += the chunk partials of column c added in chunk order */
 __global__ void bias_grad_final_kernel(const double *__restrict__ part, int chunks, int cols,
                                        float *__restrict__ db) {
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    double s = 0.0;
-    for (int k = 0; k < chunks; k++)
-      s += part[(int64_t)k * cols + c];
-    db[c] += (float)s;
-  }
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+    db[c] += (float)sum_chunk_partials(part, chunks, cols, c);
 }
 
 /* Returns the arena to its mark when the scope ends (every return path). The kernels and
@@ -289,11 +270,8 @@ cluda_status scratch_take(const char *op, cluda_arena *a, size_t bytes, const ch
 cluda_status bias_grad(const char *op, cluda_ctx *ctx, const float *dy, int64_t rows, int cols,
                        float *db) {
   const cluda_cuda_device *d = cluda_cuda_dev(ctx);
-  int64_t chunks = (rows + kBiasMinChunkRows - 1) / kBiasMinChunkRows;
-  if (chunks > kBiasMaxChunks) chunks = kBiasMaxChunks;
-  if (chunks < 1) chunks = 1;
-  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
-  chunks = (rows + chunk_rows - 1) / chunk_rows; /* no empty chunk */
+  int64_t chunks, chunk_rows;
+  row_chunking(rows, kBiasMinChunkRows, kBiasMaxChunks, &chunks, &chunk_rows);
   ScratchScope scope(ctx->scratch);
   void *part = NULL;
   CLUDA_TRY(scratch_take(op, ctx->scratch, (size_t)chunks * (size_t)cols * sizeof(double),

@@ -220,12 +220,9 @@ __global__ void avgpool_forward_kernel(PoolGeom g, const float *x, float *y, int
   const float divisor = (float)g.kh * (float)g.kw;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-    const int c = (int)(idx % g.c);
-    int64_t t = idx / g.c;
-    const int ow = (int)(t % g.ow);
-    t /= g.ow;
-    const int oh = (int)(t % g.oh);
-    const int64_t n = t / g.oh;
+    const NhwcPos pos = nhwc_pos(idx, g.oh, g.ow, g.c);
+    const int c = pos.c, ow = pos.x, oh = pos.y;
+    const int64_t n = pos.n;
     int h0 = oh * g.sh - g.ph, h1 = h0 + g.kh;
     if (h0 < 0) h0 = 0;
     if (h1 > g.h) h1 = g.h;
@@ -247,12 +244,9 @@ __global__ void avgpool_backward_kernel(PoolGeom g, const float *dy, float *dx, 
   const float divisor = (float)g.kh * (float)g.kw;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-    const int c = (int)(idx % g.c);
-    int64_t t = idx / g.c;
-    const int iw = (int)(t % g.w);
-    t /= g.w;
-    const int ih = (int)(t % g.h);
-    const int64_t n = t / g.h;
+    const NhwcPos pos = nhwc_pos(idx, g.h, g.w, g.c);
+    const int c = pos.c, iw = pos.x, ih = pos.y;
+    const int64_t n = pos.n;
     /* windows oh with oh sh - ph <= ih < oh sh - ph + kh */
     const int a = ih + g.ph - g.kh + 1;
     const int oh0 = a <= 0 ? 0 : (a + g.sh - 1) / g.sh;

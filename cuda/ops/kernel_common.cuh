@@ -41,6 +41,22 @@ __device__ __forceinline__ int64_t global_warp() {
 }
 __device__ __forceinline__ int64_t warp_count() { return (int64_t)gridDim.x * blockDim.x / kWarp; }
 
+/* The position (n, y, x, c) of element i of an NHWC tensor [N, H, W, C] (channels fastest). */
+struct NhwcPos {
+  int64_t n;
+  int y, x, c;
+};
+__device__ __forceinline__ NhwcPos nhwc_pos(int64_t i, int h, int w, int c) {
+  NhwcPos p;
+  p.c = (int)(i % c);
+  const int64_t pix = i / c;
+  p.x = (int)(pix % w);
+  const int64_t t = pix / w;
+  p.y = (int)(t % h);
+  p.n = t / h;
+  return p;
+}
+
 /* Blocks for `items` work items of `per_block` each, capped at `cap` (grid-stride loops
  * cover the rest). Never 0: callers return early for empty tensors. */
 static inline unsigned grid_size(int64_t items, int64_t per_block, int64_t cap) {
@@ -54,6 +70,66 @@ static inline unsigned grid_size(int64_t items, int64_t per_block, int64_t cap) 
  * depend on the grid (elementwise, per-row). */
 static inline int64_t fill_cap(const cluda_cuda_device *d) {
   return (int64_t)(d->multiprocessors > 0 ? d->multiprocessors : 1) * 16;
+}
+
+/* ---- Deterministic per-column sums in double (bias gradients, batchnorm statistics) ----
+ * A [rows, cols] row-major matrix is cut into row chunks; a block (kWarp, TY) of the grid
+ * (ceil(cols / kWarp), chunks) sums columns [kWarp blockIdx.x, +kWarp) over the rows of chunk
+ * blockIdx.y into part[chunk, col], then one thread per column adds the chunk partials in
+ * chunk order. Each thread sums every TY-th row of its chunk in order and thread row 0 adds
+ * the TY sums in order: a fixed order whatever the schedule, and the chunking depends only
+ * on the row count, so results are bitwise reproducible run to run. The shared arrays and
+ * the kernels stay in the .cu files (the emulator instruments __shared__ declarations only
+ * there); these are the pieces they have in common. */
+
+/* Row chunks: about min_chunk_rows rows each, at most max_chunks (gridDim.y <= 65535), none
+ * empty; a function of the row count only. */
+static inline void row_chunking(int64_t rows, int64_t min_chunk_rows, int64_t max_chunks,
+                                int64_t *chunks, int64_t *chunk_rows) {
+  int64_t k = (rows + min_chunk_rows - 1) / min_chunk_rows;
+  if (k > max_chunks) k = max_chunks;
+  if (k < 1) k = 1;
+  const int64_t per = (rows + k - 1) / k;
+  *chunk_rows = per > 0 ? per : 1;
+  *chunks = (rows + *chunk_rows - 1) / *chunk_rows;
+  if (*chunks < 1) *chunks = 1;
+}
+
+/* This thread's sum of term(r) over the rows r0 + threadIdx.y, + TY, ... of chunk blockIdx.y
+ * (term is only called for those rows). */
+template <int TY, class Term>
+__device__ __forceinline__ double chunk_column_sum(int64_t rows, int64_t chunk_rows, Term term) {
+  const int64_t r0 = (int64_t)blockIdx.y * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+  double s = 0.0;
+  for (int64_t r = r0 + threadIdx.y; r < r1; r += TY)
+    s += term(r);
+  return s;
+}
+
+/* The TY per-thread sums of each column of the block, added in row order. sh is the kernel's
+ * __shared__ double [TY][kWarp + 1]; contains __syncthreads, so every thread of the block
+ * calls it. The result is meaningful in thread row 0 only. */
+template <int TY, class Shared>
+__device__ __forceinline__ double block_column_total(Shared &sh, double s) {
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  double t = 0.0;
+  if (threadIdx.y == 0) {
+#pragma unroll
+    for (int k = 0; k < TY; k++)
+      t += sh[k][threadIdx.x];
+  }
+  return t;
+}
+
+/* Column c of the chunk partials part [chunks, cols] added in chunk order. */
+__device__ __forceinline__ double sum_chunk_partials(const double *__restrict__ part, int chunks,
+                                                     int cols, int c) {
+  double s = 0.0;
+  for (int k = 0; k < chunks; k++)
+    s += part[(int64_t)k * cols + c];
+  return s;
 }
 
 } // namespace cluda_kernels

@@ -92,6 +92,14 @@ struct Gemm {
   const float *bias; /* NULL, or m floats for CUBLASLT_EPILOGUE_BIAS */
 };
 
+/* D = op(A) op(B) + beta D (+ bias per row of D when bias is not NULL), column-major */
+Gemm make_gemm(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+               const float *A, int64_t lda, const float *B, int64_t ldb, float *D, int64_t ldd,
+               float beta, const float *bias) {
+  const Gemm g = {ta, tb, m, n, k, A, lda, B, ldb, D, ldd, beta, bias};
+  return g;
+}
+
 /* The largest power of two (<= 256) dividing the address: cuBLASLt's heuristic assumes 256
  * unless told, and would pick kernels that fault on tensors carved at other offsets. */
 uint32_t pointer_alignment(const void *p) {
@@ -228,19 +236,12 @@ __global__ void column_sums_partials_kernel(const float *a, int64_t rows, int co
                                             int64_t chunk_rows, double *part, float *out) {
   __shared__ double sh[kSumTy][kWarp + 1];
   const int c = blockIdx.x * kWarp + threadIdx.x;
-  const int64_t r0 = (int64_t)blockIdx.y * chunk_rows;
-  const int64_t r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
   double s = 0.0;
   if (c < cols)
-    for (int64_t r = r0 + threadIdx.y; r < r1; r += kSumTy)
-      s += (double)a[r * cols + c];
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
+    s = chunk_column_sum<kSumTy>(rows, chunk_rows,
+                                 [&](int64_t r) { return (double)a[r * cols + c]; });
+  const double t = block_column_total<kSumTy>(sh, s);
   if (threadIdx.y == 0 && c < cols) {
-    double t = 0.0;
-#pragma unroll
-    for (int k = 0; k < kSumTy; k++)
-      t += sh[k][threadIdx.x];
     if (part)
       part[(int64_t)blockIdx.y * cols + c] = t;
     else
@@ -250,22 +251,16 @@ __global__ void column_sums_partials_kernel(const float *a, int64_t rows, int co
 
 /* out[c] += sum over chunks of part[k, c], in chunk order */
 __global__ void column_sums_final_kernel(const double *part, int chunks, int cols, float *out) {
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
-    double t = 0.0;
-    for (int k = 0; k < chunks; k++)
-      t += part[(int64_t)k * cols + c];
-    out[c] += (float)t;
-  }
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+    out[c] += (float)sum_chunk_partials(part, chunks, cols, c);
 }
 
 /* out[c] += sum over the rows of a[rows, cols] (db). The chunking depends only on the shape
  * (and on whether the scratch can hold the partials), so the sum is bitwise reproducible. */
 cluda_status add_column_sums(cluda_ctx *ctx, const float *a, int64_t rows, int cols, float *out) {
   const cluda_cuda_device *d = cluda_cuda_dev(ctx);
-  int64_t chunks = (rows + kMinChunkRows - 1) / kMinChunkRows;
-  if (chunks > kMaxChunks) chunks = kMaxChunks;
-  int64_t chunk_rows = (rows + chunks - 1) / chunks;
-  chunks = (rows + chunk_rows - 1) / chunk_rows; /* no empty chunk */
+  int64_t chunks, chunk_rows;
+  row_chunking(rows, kMinChunkRows, kMaxChunks, &chunks, &chunk_rows);
   ScratchScope scope(ctx->scratch);
   void *part = nullptr;
   const size_t part_bytes = (size_t)chunks * (size_t)cols * sizeof(double);
@@ -302,21 +297,8 @@ extern "C" cluda_status cluda_cuda_linear_forward(cluda_ctx *ctx, const cluda_te
   const float *pb = b ? cluda_f32(b) : nullptr;
   /* no inner dimension: y is the bias (or 0); cuBLAS rejects k = 0 layouts */
   if (in == 0) return fill_rows(ctx, pb, cluda_f32(y), rows, out);
-  Gemm g;
-  g.ta = CUBLAS_OP_T;
-  g.tb = CUBLAS_OP_N;
-  g.m = out;
-  g.n = rows;
-  g.k = in;
-  g.A = cluda_f32(w);
-  g.lda = in;
-  g.B = cluda_f32(x);
-  g.ldb = in;
-  g.D = cluda_f32(y);
-  g.ldd = out;
-  g.beta = 0.0f;
-  g.bias = pb;
-  return gemm(ctx, g);
+  return gemm(ctx, make_gemm(CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, cluda_f32(w), in,
+                             cluda_f32(x), in, cluda_f32(y), out, 0.0f, pb));
 }
 
 extern "C" cluda_status cluda_cuda_linear_backward(cluda_ctx *ctx, const cluda_tensor *x,
@@ -333,39 +315,13 @@ extern "C" cluda_status cluda_cuda_linear_backward(cluda_ctx *ctx, const cluda_t
       CLUDA_CUDA_TRY(
           cudaMemsetAsync(cluda_f32(dx), 0, (size_t)rows * (size_t)in * sizeof(float), d->stream));
     } else {
-      Gemm g;
-      g.ta = CUBLAS_OP_N;
-      g.tb = CUBLAS_OP_N;
-      g.m = in;
-      g.n = rows;
-      g.k = out;
-      g.A = cluda_f32(w);
-      g.lda = in;
-      g.B = cluda_f32(dy);
-      g.ldb = out;
-      g.D = cluda_f32(dx);
-      g.ldd = in;
-      g.beta = 0.0f;
-      g.bias = nullptr;
-      CLUDA_TRY(gemm(ctx, g));
+      CLUDA_TRY(gemm(ctx, make_gemm(CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, cluda_f32(w), in,
+                                    cluda_f32(dy), out, cluda_f32(dx), in, 0.0f, nullptr)));
     }
   }
   if (out > 0 && in > 0) {
-    Gemm g;
-    g.ta = CUBLAS_OP_N;
-    g.tb = CUBLAS_OP_T;
-    g.m = in;
-    g.n = out;
-    g.k = rows;
-    g.A = cluda_f32(x);
-    g.lda = in;
-    g.B = cluda_f32(dy);
-    g.ldb = out;
-    g.D = cluda_f32(dw);
-    g.ldd = in;
-    g.beta = 1.0f;
-    g.bias = nullptr;
-    CLUDA_TRY(gemm(ctx, g));
+    CLUDA_TRY(gemm(ctx, make_gemm(CUBLAS_OP_N, CUBLAS_OP_T, in, out, rows, cluda_f32(x), in,
+                                  cluda_f32(dy), out, cluda_f32(dw), in, 1.0f, nullptr)));
   }
   if (db && out > 0) CLUDA_TRY(add_column_sums(ctx, cluda_f32(dy), rows, out, cluda_f32(db)));
   return cluda_ok();

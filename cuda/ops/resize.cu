@@ -115,12 +115,9 @@ __global__ void bilinear_forward_kernel(const float *__restrict__ x, float *__re
   const int64_t total = (int64_t)s.n * s.oh * s.ow * s.c;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int k = (int)(i % s.c);
-    const int64_t pix = i / s.c;
-    const int xo = (int)(pix % s.ow);
-    const int64_t t = pix / s.ow;
-    const int yo = (int)(t % s.oh);
-    const int64_t b = t / s.oh;
+    const NhwcPos pos = nhwc_pos(i, s.oh, s.ow, s.c);
+    const int k = pos.c, xo = pos.x, yo = pos.y;
+    const int64_t b = pos.n;
     const LinCoord hc = lin_coord_at(scale_h, yo, s.ih, s.oh, align_corners);
     const LinCoord wc = lin_coord_at(scale_w, xo, s.iw, s.ow, align_corners);
     const float w00 = __fmul_rn(hc.l0, wc.l0), w01 = __fmul_rn(hc.l0, wc.l1);
@@ -144,12 +141,9 @@ __global__ void bilinear_backward_kernel(const float *__restrict__ dy, float *__
   const int64_t total = (int64_t)s.n * s.ih * s.iw * s.c;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int k = (int)(i % s.c);
-    const int64_t pix = i / s.c;
-    const int xi = (int)(pix % s.iw);
-    const int64_t t = pix / s.iw;
-    const int yi = (int)(t % s.ih);
-    const int64_t b = t / s.ih;
+    const NhwcPos pos = nhwc_pos(i, s.ih, s.iw, s.c);
+    const int k = pos.c, xi = pos.x, yi = pos.y;
+    const int64_t b = pos.n;
     const int y0 = lin_first_at_least(yi - 1, scale_h, s.ih, s.oh, align_corners);
     const int y1 = lin_first_at_least(yi + 1, scale_h, s.ih, s.oh, align_corners);
     const int x0 = lin_first_at_least(xi - 1, scale_w, s.iw, s.ow, align_corners);
@@ -181,12 +175,9 @@ __global__ void nearest_forward_kernel(const T *__restrict__ x, T *__restrict__ 
   const int64_t total = (int64_t)s.n * s.oh * s.ow * s.c;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int k = (int)(i % s.c);
-    const int64_t pix = i / s.c;
-    const int xo = (int)(pix % s.ow);
-    const int64_t t = pix / s.ow;
-    const int yo = (int)(t % s.oh);
-    const int64_t b = t / s.oh;
+    const NhwcPos pos = nhwc_pos(i, s.oh, s.ow, s.c);
+    const int k = pos.c, xo = pos.x, yo = pos.y;
+    const int64_t b = pos.n;
     const int ys = nearest_src(yo, s.ih, s.oh, scale_h), xs = nearest_src(xo, s.iw, s.ow, scale_w);
     y[i] = x[((b * s.ih + ys) * s.iw + xs) * s.c + k];
   }
@@ -199,12 +190,9 @@ __global__ void nearest_backward_kernel(const float *__restrict__ dy, float *__r
   const int64_t total = (int64_t)s.n * s.ih * s.iw * s.c;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const int k = (int)(i % s.c);
-    const int64_t pix = i / s.c;
-    const int xi = (int)(pix % s.iw);
-    const int64_t t = pix / s.iw;
-    const int yi = (int)(t % s.ih);
-    const int64_t b = t / s.ih;
+    const NhwcPos pos = nhwc_pos(i, s.ih, s.iw, s.c);
+    const int k = pos.c, xi = pos.x, yi = pos.y;
+    const int64_t b = pos.n;
     const int y0 = nearest_first_at_least(yi, s.ih, s.oh, scale_h);
     const int y1 = nearest_first_at_least(yi + 1, s.ih, s.oh, scale_h);
     const int x0 = nearest_first_at_least(xi, s.iw, s.ow, scale_w);
@@ -230,33 +218,40 @@ Shapes shapes_of(const cluda_tensor *in, const cluda_tensor *out) {
   return s;
 }
 
+/* Forward: y (out) from x (in); backward: dx (in) from dy (out), a gather. One thread per
+ * element of the tensor written. */
+cluda_status bilinear(cluda_ctx *ctx, int align_corners, const cluda_tensor *in,
+                      const cluda_tensor *out, bool backward) {
+  const Shapes s = shapes_of(in, out);
+  const int64_t total = cluda_tensor_numel(backward ? in : out);
+  if (total == 0) return cluda_ok();
+  const cluda_cuda_device *d = cluda_cuda_dev(ctx);
+  const unsigned grid = grid_size(total, kBlock, fill_cap(d));
+  const float scale_h = lin_scale(s.ih, s.oh, align_corners);
+  const float scale_w = lin_scale(s.iw, s.ow, align_corners);
+  if (backward) {
+    bilinear_backward_kernel<<<grid, kBlock, 0, d->stream>>>(cluda_f32(out), cluda_f32(in), s,
+                                                             scale_h, scale_w, align_corners);
+    CLUDA_CUDA_CHECK_LAUNCH("resize_bilinear_backward", "bilinear_backward_kernel");
+  } else {
+    bilinear_forward_kernel<<<grid, kBlock, 0, d->stream>>>(cluda_f32(in), cluda_f32(out), s,
+                                                            scale_h, scale_w, align_corners);
+    CLUDA_CUDA_CHECK_LAUNCH("resize_bilinear_forward", "bilinear_forward_kernel");
+  }
+  return cluda_ok();
+}
+
 } // namespace
 
 extern "C" cluda_status cluda_cuda_resize_bilinear_forward(cluda_ctx *ctx, int align_corners,
                                                            const cluda_tensor *x, cluda_tensor *y) {
-  const Shapes s = shapes_of(x, y);
-  const int64_t total = cluda_tensor_numel(y);
-  if (total == 0) return cluda_ok();
-  const cluda_cuda_device *d = cluda_cuda_dev(ctx);
-  bilinear_forward_kernel<<<grid_size(total, kBlock, fill_cap(d)), kBlock, 0, d->stream>>>(
-      cluda_f32(x), cluda_f32(y), s, lin_scale(s.ih, s.oh, align_corners),
-      lin_scale(s.iw, s.ow, align_corners), align_corners);
-  CLUDA_CUDA_CHECK_LAUNCH("resize_bilinear_forward", "bilinear_forward_kernel");
-  return cluda_ok();
+  return bilinear(ctx, align_corners, x, y, false);
 }
 
 extern "C" cluda_status cluda_cuda_resize_bilinear_backward(cluda_ctx *ctx, int align_corners,
                                                             const cluda_tensor *dy,
                                                             cluda_tensor *dx) {
-  const Shapes s = shapes_of(dx, dy);
-  const int64_t total = cluda_tensor_numel(dx);
-  if (total == 0) return cluda_ok();
-  const cluda_cuda_device *d = cluda_cuda_dev(ctx);
-  bilinear_backward_kernel<<<grid_size(total, kBlock, fill_cap(d)), kBlock, 0, d->stream>>>(
-      cluda_f32(dy), cluda_f32(dx), s, lin_scale(s.ih, s.oh, align_corners),
-      lin_scale(s.iw, s.ow, align_corners), align_corners);
-  CLUDA_CUDA_CHECK_LAUNCH("resize_bilinear_backward", "bilinear_backward_kernel");
-  return cluda_ok();
+  return bilinear(ctx, align_corners, dx, dy, true);
 }
 
 extern "C" cluda_status cluda_cuda_resize_nearest_forward(cluda_ctx *ctx, const cluda_tensor *x,

@@ -23,6 +23,7 @@
 #define CLUDA_GPU_TESTING_H
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,19 @@ static inline cluda_tensor gpu_tensor_like(const cluda_tensor *host) {
 static inline void gpu_tensor_free(cluda_tensor *t) {
   cluda_cuda_free(t->data);
   t->data = NULL;
+}
+
+/* Frees the device tensors listed, up to a NULL: gpu_tensors_free(&gx, &gy, NULL). */
+#if defined(__GNUC__)
+__attribute__((sentinel))
+#endif
+static inline void
+gpu_tensors_free(cluda_tensor *first, ...) {
+  va_list ap;
+  va_start(ap, first);
+  for (cluda_tensor *t = first; t; t = va_arg(ap, cluda_tensor *))
+    gpu_tensor_free(t);
+  va_end(ap);
 }
 
 /* host -> device / device -> host for tensors of the same size */

@@ -69,10 +69,7 @@ static void check_case(cluda_ctx *gpu, const act_case *c, int n, int h, int w, i
   TEST_FAILS(c->backward(gpu, &dx_, &ddy, &wrong), CLUDA_ERR_SHAPE, what);
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  gpu_tensor_free(&bx);
-  gpu_tensor_free(&by);
-  gpu_tensor_free(&bdy);
-  gpu_tensor_free(&bdx);
+  gpu_tensors_free(&bx, &by, &bdy, &bdx, NULL);
   free(x);
   free(y);
   free(dy);

@@ -131,9 +131,7 @@ static void check_shape(cluda_ctx *gpu, int b, int n, int nk, int c, int heads) 
              CLUDA_ERR_SHAPE, "dk");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  cluda_tensor *devs[] = {&gq, &gk, &gv, &gdo, &gout, &gp, &gdq, &gdk, &gdv};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gq, &gk, &gv, &gdo, &gout, &gp, &gdq, &gdk, &gdv, NULL);
   float *hosts[] = {q, k, v, out, probs, dout, dq, dk, dv, got, first, again};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
     free(hosts[i]);

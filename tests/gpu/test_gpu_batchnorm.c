@@ -151,9 +151,7 @@ static void check_shape(cluda_ctx *gpu, int n, int h, int w, int c, float offset
              CLUDA_ERR_SHAPE, "gamma");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  cluda_tensor *devs[] = {&gx, &gdy, &gg, &gb, &gy, &gdx, &grm, &grv, &gsm, &gsr, &gdg, &gdb};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gg, &gb, &gy, &gdx, &grm, &grv, &gsm, &gsr, &gdg, &gdb, NULL);
   float *hosts[] = {x,  y,  dy, dx, got, run1, run2, gamma, beta,   rm0,   rv0,
                     rm, rv, sm, sr, dg,  db,   dg0,  db0,   stats1, stats2};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)

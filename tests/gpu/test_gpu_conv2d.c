@@ -180,9 +180,7 @@ static void check_case(cluda_ctx *gpu, const conv_case *cc) {
              "dy");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  cluda_tensor *devs[] = {&gx, &gw, &gb, &gdy, &gy, &gdx, &gdw, &gdb};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gw, &gb, &gdy, &gy, &gdx, &gdw, &gdb, NULL);
   float *hosts[] = {x, w, b, y, dy, dx, dw0, dw, db0, db, got, run1, run2, dw_run1, db_run1};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
     free(hosts[i]);

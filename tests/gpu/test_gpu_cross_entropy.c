@@ -81,9 +81,7 @@ static void check_case(cluda_ctx *gpu, int n, int h, int w, int k, int ignore_in
              CLUDA_ERR_SHAPE, "loss");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  cluda_tensor *devs[] = {&gl, &glab, &gw, &gdloss, &gloss, &gdl};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gl, &glab, &gw, &gdloss, &gloss, &gdl, NULL);
   free(logits);
   free(dlogits);
   free(got);

@@ -87,9 +87,7 @@ static void check_case(cluda_ctx *gpu, cluda_dropout_mode mode, int n, int h, in
     wrong.shape[0] = n + 1;
   TEST_FAILS(cluda_dropout_forward(gpu, &params, &gx, &gy, &wrong), CLUDA_ERR_SHAPE, "mask");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  cluda_tensor *devs[] = {&gx, &gdy, &gy, &gdx, &gm};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, &gm, NULL);
   float *hosts[] = {x, y, dy, dx, got};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
     free(hosts[i]);

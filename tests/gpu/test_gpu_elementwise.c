@@ -43,8 +43,7 @@ static void check_axpy(cluda_ctx *gpu, int n, int h, int w, int c, float alpha, 
   other.shape[3] = c + 1;
   TEST_FAILS(cluda_axpy(gpu, alpha, &other, &gy), CLUDA_ERR_SHAPE, "same shape");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  gpu_tensor_free(&gx);
-  gpu_tensor_free(&gy);
+  gpu_tensors_free(&gx, &gy, NULL);
   free(x);
   free(y);
   free(got);
@@ -89,9 +88,7 @@ static void check_avgpool(cluda_ctx *gpu, int n, int h, int w, int c, int kh, in
   wrong.shape[1] = oh + 1;
   TEST_FAILS(cluda_avgpool_forward(gpu, &p, &gx, &wrong), CLUDA_ERR_SHAPE, "y");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  cluda_tensor *devs[] = {&gx, &gdy, &gy, &gdx};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, NULL);
   free(x);
   free(y);
   free(dy);
@@ -165,8 +162,7 @@ static void check_concat(cluda_ctx *gpu, int rows_only, int a, int b, int d, int
     free(hxs[i]);
     free(hdxs[i]);
   }
-  gpu_tensor_free(&gy);
-  gpu_tensor_free(&gdy);
+  gpu_tensors_free(&gy, &gdy, NULL);
   free(y);
   free(dy);
   free(got);
@@ -202,9 +198,7 @@ static void check_slice(cluda_ctx *gpu, int n, int h, int w, int cx, int begin, 
 
   TEST_FAILS(cluda_slice_forward(gpu, cx - cy + 1, &gx, &gy), CLUDA_ERR_ARG, "begin");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  cluda_tensor *devs[] = {&gx, &gdy, &gy, &gdx};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, NULL);
   free(x);
   free(dx);
   free(y);

@@ -83,9 +83,7 @@ static void check_case(cluda_ctx *gpu, int n, int h, int w, int c, int mask_kind
   TEST_FAILS(cluda_feature_distance_forward(gpu, &ga, &gb, &short_mask, &gloss, &gcnt),
              CLUDA_ERR_SHAPE, "mask");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  cluda_tensor *devs[] = {&ga, &gb, &gm, &gdloss, &gloss, &gcnt, &gda, &gdb};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&ga, &gb, &gm, &gdloss, &gloss, &gcnt, &gda, &gdb, NULL);
   float *hosts[] = {a, b, da, db, got, u};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
     free(hosts[i]);

@@ -76,9 +76,7 @@ static void check_shape(cluda_ctx *gpu, int n, int h, int w, int c, float eps, f
   TEST_FAILS(cluda_l2norm_forward(gpu, eps, &gx, &gy, &short_norms), CLUDA_ERR_SHAPE, "norms");
   TEST_FAILS(cluda_l2norm_forward(gpu, 0.0f, &gx, &gy, &gn), CLUDA_ERR_ARG, "eps");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  cluda_tensor *devs[] = {&gx, &gdy, &gy, &gdx, &gn};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, &gn, NULL);
   float *hosts[] = {x, y, dy, dx, got, norms, first, second};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)
     free(hosts[i]);

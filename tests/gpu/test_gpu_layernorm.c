@@ -86,9 +86,7 @@ static void check_shape(cluda_ctx *gpu, int n, int h, int w, int c, float eps) {
              CLUDA_ERR_SHAPE, "mean");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  cluda_tensor *devs[] = {&gx, &gdy, &gg, &gb, &gy, &gdx, &gm, &gr, &gdg, &gdb};
-  for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++)
-    gpu_tensor_free(devs[i]);
+  gpu_tensors_free(&gx, &gdy, &gg, &gb, &gy, &gdx, &gm, &gr, &gdg, &gdb, NULL);
   float *hosts[] = {x,    y,      dy,    dx,      got,    gamma, beta,  mean,
                     rstd, dgamma, dbeta, dgamma0, dbeta0, first, second};
   for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++)

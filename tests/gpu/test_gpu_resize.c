@@ -74,10 +74,7 @@ static void check_bilinear(cluda_ctx *gpu, int n, int ih, int iw, int oh, int ow
              "channels");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  gpu_tensor_free(&gx);
-  gpu_tensor_free(&gdy);
-  gpu_tensor_free(&gy);
-  gpu_tensor_free(&gdx);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, NULL);
   free(x);
   free(y);
   free(dy);
@@ -126,10 +123,7 @@ static void check_nearest(cluda_ctx *gpu, int n, int ih, int iw, int oh, int ow,
   TEST_FAILS(cluda_resize_nearest_forward(gpu, &gx, &wrong), CLUDA_ERR_SHAPE, "batch");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  gpu_tensor_free(&gx);
-  gpu_tensor_free(&gdy);
-  gpu_tensor_free(&gy);
-  gpu_tensor_free(&gdx);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, NULL);
   free(x);
   free(y);
   free(dy);
@@ -161,8 +155,7 @@ static void check_nearest_labels(cluda_ctx *gpu, int n, int ih, int iw, int oh, 
   f32_out.dtype = CLUDA_F32;
   TEST_FAILS(cluda_resize_nearest_forward(gpu, &gx, &f32_out), CLUDA_ERR_DTYPE, "y");
   TEST_OK(cluda_cuda_synchronize(gpu));
-  gpu_tensor_free(&gx);
-  gpu_tensor_free(&gy);
+  gpu_tensors_free(&gx, &gy, NULL);
   free(x);
   free(y);
   free(got);

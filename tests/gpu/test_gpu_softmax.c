@@ -40,10 +40,7 @@ static void check_shape(cluda_ctx *gpu, int n, int h, int w, int c) {
   TEST_FAILS(cluda_softmax_backward(gpu, &gy, &gdy, &wrong), CLUDA_ERR_SHAPE, "softmax_backward");
   TEST_OK(cluda_cuda_synchronize(gpu));
 
-  gpu_tensor_free(&gx);
-  gpu_tensor_free(&gdy);
-  gpu_tensor_free(&gy);
-  gpu_tensor_free(&gdx);
+  gpu_tensors_free(&gx, &gdy, &gy, &gdx, NULL);
   free(x);
   free(y);
   free(dy);

@@ -45,7 +45,8 @@ for cu in "$ROOT"/cuda/ops/*.cu "$ROOT"/cuda/optim.cu; do
   gen="$B/gen/$n.cpp"
   obj="$B/obj/$n.o"
   objs+=("$obj")
-  if [ ! -f "$obj" ] || [ "$cu" -nt "$obj" ] || [ "$EMU/emu_kernel.h" -nt "$obj" ] || [ "$EMU/transform.py" -nt "$obj" ]; then
+  if [ ! -f "$obj" ] || [ "$cu" -nt "$obj" ] || [ "$EMU/emu_kernel.h" -nt "$obj" ] || [ "$EMU/transform.py" -nt "$obj" ] ||
+    [ "$ROOT/cuda/ops/kernel_common.cuh" -nt "$obj" ] || [ "$ROOT/cuda/cuda_internal.h" -nt "$obj" ]; then
     python3 "$EMU/transform.py" "$cu" "$gen" 2>>"$B/logs/transform.log"
     compile_jobs+=("g++ ${CXXFLAGS[*]} ${INC[*]} -include emu_kernel.h -c $gen -o $obj")
   fi
@@ -62,7 +63,7 @@ for c in "$ROOT"/cuda/*.c; do
   n=$(basename "$c" .c)
   obj="$B/obj/host_$n.o"
   objs+=("$obj")
-  if [ ! -f "$obj" ] || [ "$c" -nt "$obj" ]; then
+  if [ ! -f "$obj" ] || [ "$c" -nt "$obj" ] || [ "$ROOT/cuda/cuda_internal.h" -nt "$obj" ]; then
     compile_jobs+=("gcc ${CFLAGS[*]} ${INC[*]} -c $c -o $obj")
   fi
 done
