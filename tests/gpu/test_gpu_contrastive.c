@@ -31,110 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cl_problems.h"
 #include "cluda/contrastive.h"
 #include "gpu_testing.h"
-
-enum { REL_SELF = 0, REL_BLOCK = 1, REL_DISJOINT = 2 };
-enum { W_NONE = 0, W_ANCHOR = 1, W_PAIR = 2, W_PAIR_NO_V = 3 };
-static const char *rel_name[] = {"self", "block", "disjoint"};
-static const char *pairs_name[] = {"separate", "all", "stuff_only"};
-static const char *weighting_name[] = {"none", "anchor", "pair", "pair(v NULL)"};
-
-typedef struct cl_case {
-  int ma, mc, d;
-  int rel, pairs, ignore_as_class, weighting, half;
-  float tau;
-  int tile_cols;
-  int64_t mean_count; /* 0: Ma */
-} cl_case;
-
-typedef struct cl_data {
-  float *a, *c, *u, *v;
-  uint8_t *la, *lc;
-  int64_t self_offset;
-} cl_data;
 
 /* Outputs of one run (host copies). */
 typedef struct cl_out {
   float loss;
   float *stats, *da, *dc, *du, *dv;
 } cl_out;
-
-static void normalise_rows(float *x, int rows, int d) {
-  for (int i = 0; i < rows; i++) {
-    double n = 0.0;
-    for (int k = 0; k < d; k++)
-      n += (double)x[(size_t)i * d + k] * x[(size_t)i * d + k];
-    n = sqrt(n) + 1e-12;
-    for (int k = 0; k < d; k++)
-      x[(size_t)i * d + k] = (float)(x[(size_t)i * d + k] / n);
-  }
-}
-
-/* Labels from 2 stuff (0, 1) + 2 thing (11, 13) classes and ~15 % ignore (255); label 8 is
- * reserved for rows without positives. */
-static void fill_labels(uint8_t *lab, int n, uint64_t seed, uint32_t slot) {
-  static const uint8_t pool[] = {0, 1, 11, 13, 0, 1, 11};
-  float *u = test_alloc_f32(n + 1);
-  test_fill_uniform(u, n, 0.0f, 1.0f, seed, slot);
-  for (int i = 0; i < n; i++)
-    lab[i] = u[i] < 0.15f ? 255 : pool[(int)((u[i] - 0.15f) / 0.85f * 7.0f) % 7];
-  free(u);
-}
-
-static cl_data make_data(const cl_case *c, uint64_t seed) {
-  cl_data x;
-  x.a = test_alloc_f32((int64_t)c->ma * c->d + 1);
-  x.c = test_alloc_f32((int64_t)c->mc * c->d + 1);
-  x.u = test_alloc_f32(c->ma + 1);
-  x.v = test_alloc_f32(c->mc + 1);
-  x.la = test_alloc((size_t)c->ma + 1);
-  x.lc = test_alloc((size_t)c->mc + 1);
-  test_fill_uniform(x.c, (int64_t)c->mc * c->d, -1.0f, 1.0f, seed, 0);
-  normalise_rows(x.c, c->mc, c->d);
-  fill_labels(x.lc, c->mc, seed, 1);
-  test_fill_uniform(x.u, c->ma, -0.5f, 1.5f, seed, 2); /* weights may be negative */
-  test_fill_uniform(x.v, c->mc, -0.5f, 1.5f, seed, 3);
-  if (c->ma > 2) x.u[1] = 0.0f; /* a margin pixel */
-  if (c->mc > 2) x.v[2] = 0.0f;
-  x.self_offset = c->rel == REL_SELF ? 0 : c->rel == REL_BLOCK ? (c->mc - c->ma) / 2 : -1;
-  if (c->rel == REL_DISJOINT) {
-    test_fill_uniform(x.a, (int64_t)c->ma * c->d, -1.0f, 1.0f, seed, 4);
-    normalise_rows(x.a, c->ma, c->d);
-    fill_labels(x.la, c->ma, seed, 5);
-    if (c->ma > 2) x.la[0] = 8; /* no contrast row has label 8: no positives */
-  } else {
-    memcpy(x.a, x.c + x.self_offset * c->d, sizeof(float) * (size_t)c->ma * c->d);
-    if (c->ma > 2) x.lc[x.self_offset] = 8; /* anchor 0 is alone in its class */
-    memcpy(x.la, x.lc + x.self_offset, (size_t)c->ma);
-    memcpy(x.u, x.v + x.self_offset, sizeof(float) * (size_t)c->ma);
-  }
-  return x;
-}
-
-static void free_data(cl_data *x) {
-  free(x->a);
-  free(x->c);
-  free(x->u);
-  free(x->v);
-  free(x->la);
-  free(x->lc);
-}
-
-static cluda_contrastive_params make_params(const cl_case *c, const cl_data *x) {
-  cluda_contrastive_params p;
-  cluda_contrastive_default_params(&p);
-  p.tau = c->tau;
-  p.loss_weight = 0.7f;
-  p.pairs = (cluda_cl_pairs)c->pairs;
-  p.ref_ignore_as_class = c->ignore_as_class;
-  p.ref_pair_weight = c->weighting >= W_PAIR;
-  p.ref_half = c->half;
-  p.mean_count = c->mean_count;
-  p.self_offset = x->self_offset;
-  p.tile_cols = c->tile_cols;
-  return p;
-}
 
 static void alloc_out(const cl_case *c, cl_out *o) {
   o->loss = 0.0f;
@@ -331,7 +236,7 @@ static void check_case(cluda_ctx *gpu, const cl_case *c, uint64_t seed, int subs
   char name[200], what[320];
   case_name(c, name, sizeof name);
   const float r = 0.9f;
-  cl_data x = make_data(c, seed);
+  cl_data x = make_data(c, seed, -0.5f, 1.5f);
   cl_out want, got[2];
   alloc_out(c, &want);
   run_cpu(c, &x, r, &want);
@@ -461,7 +366,7 @@ static void check_edge_cases(cluda_ctx *gpu) {
   static const char *kinds[] = {"all ignored", "one class", "all 255 as a class"};
   for (int kind = 0; kind < 3; kind++) {
     cl_case c = {30, 30, 6, REL_SELF, CLUDA_CL_PAIRS_ALL, kind == 2, W_ANCHOR, 0, 0.5f, 8, 0};
-    cl_data x = make_data(&c, 86);
+    cl_data x = make_data(&c, 86, -0.5f, 1.5f);
     memset(x.la, kind == 1 ? 3 : 255, (size_t)c.ma);
     memset(x.lc, kind == 1 ? 3 : 255, (size_t)c.mc);
     cl_out o;
@@ -490,7 +395,7 @@ static void check_edge_cases(cluda_ctx *gpu) {
  * written; a bad shape never reaches the GPU. */
 static void check_bad_inputs(cluda_ctx *gpu) {
   cl_case c = {4, 6, 3, REL_DISJOINT, 0, 0, W_ANCHOR, 0, 1.0f, 0, 0};
-  cl_data x = make_data(&c, 95);
+  cl_data x = make_data(&c, 95, -0.5f, 1.5f);
   static const uint8_t la[4] = {0, 1, 2, 255}, lc[6] = {0, 1, 2, 19, 255, 0};
   memcpy(x.la, la, sizeof la);
   memcpy(x.lc, lc, sizeof lc);

@@ -17,8 +17,7 @@
 #include "cluda/image.h"
 #include "cluda/rng.h"
 #include "testing.h"
-
-#define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
+#include "tiny_model.h"
 
 static int near(double a, double b) { return (isnan(a) && isnan(b)) || fabs(a - b) < 1e-12; }
 

@@ -20,9 +20,9 @@
 #include "cluda/image.h"
 #include "cluda/segmentor.h"
 #include "testing.h"
+#include "tiny_model.h"
 
 #define FIXTURE CLUDA_FIXTURE_DIR "/cityscapes_eval"
-#define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
 
 enum { CLASSES = 19 };
 

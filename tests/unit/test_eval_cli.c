@@ -18,8 +18,7 @@
 #include "cluda/segmentor.h"
 #include "cluda/weights.h"
 #include "testing.h"
-
-#define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
+#include "tiny_model.h"
 
 /* A smooth colour pattern, and labels in bands with some 255 and a seed-dependent shift. */
 static void write_pair(const char *dir, const char *name, int width, int height, int seed) {
@@ -52,34 +51,6 @@ static void make_dataset(const char *dir) {
 }
 
 /* ---- the in-process reference ---- */
-
-typedef struct model {
-  cluda_segmentor seg;
-  float *params, *state;
-} model;
-
-static int make_model(model *m, const char *set_override, uint64_t seed) {
-  cluda_config cfg;
-  cluda_segmentor_config sc;
-  memset(m, 0, sizeof *m);
-  if (!TEST_OK(cluda_config_init(&cfg))) return 0;
-  int ok = TEST_OK(cluda_config_load_file(&cfg, TINY_CONFIG));
-  if (ok && set_override) ok = TEST_OK(cluda_config_set(&cfg, set_override));
-  ok = ok && TEST_OK(cluda_config_to_segmentor_config(&cfg, &sc));
-  cluda_config_free(&cfg);
-  ok = ok && TEST_OK(cluda_segmentor_create(&m->seg, &sc));
-  if (!ok) return 0;
-  m->params = test_alloc_f32((int64_t)m->seg.params.total);
-  m->state = test_alloc_f32((int64_t)(m->seg.state.total ? m->seg.state.total : 1));
-  memset(m->state, 0, sizeof(float) * m->seg.state.total);
-  return TEST_OK(cluda_segmentor_init(&m->seg, m->params, m->state, seed));
-}
-
-static void free_model(model *m) {
-  cluda_segmentor_free(&m->seg);
-  free(m->params);
-  free(m->state);
-}
 
 /* The confusion matrix of the dataset under the tiny network of `seed`, whole images. */
 static int reference_confusion(const char *dir, uint64_t seed, cluda_confusion *cm) {

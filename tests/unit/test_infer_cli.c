@@ -19,8 +19,7 @@
 #include "cluda/weights.h"
 #include "fixture.h"
 #include "testing.h"
-
-#define TINY_CONFIG CLUDA_FIXTURE_DIR "/../../configs/model_tiny.yaml"
+#include "tiny_model.h"
 
 /* A smooth colour pattern (so the network sees structure, not noise). */
 static void write_test_image(const char *path, int width, int height, int channels) {
@@ -36,35 +35,6 @@ static void write_test_image(const char *path, int width, int height, int channe
 }
 
 /* ---- an in-process model, to make weight files and reference outputs ---- */
-
-typedef struct model {
-  cluda_segmentor seg;
-  float *params, *state;
-} model;
-
-static int make_model(model *m, const char *set_override, uint64_t seed) {
-  cluda_config cfg;
-  cluda_segmentor_config sc;
-  memset(m, 0, sizeof *m);
-  if (!TEST_OK(cluda_config_init(&cfg))) return 0;
-  int ok = TEST_OK(cluda_config_load_file(&cfg, TINY_CONFIG));
-  if (ok && set_override) ok = TEST_OK(cluda_config_set(&cfg, set_override));
-  ok = ok && TEST_OK(cluda_config_to_segmentor_config(&cfg, &sc));
-  cluda_config_free(&cfg);
-  ok = ok && TEST_OK(cluda_segmentor_create(&m->seg, &sc));
-  if (!ok) return 0;
-  m->params = test_alloc_f32((int64_t)m->seg.params.total);
-  m->state = test_alloc_f32((int64_t)(m->seg.state.total ? m->seg.state.total : 1));
-  memset(m->params, 0, sizeof(float) * m->seg.params.total);
-  memset(m->state, 0, sizeof(float) * m->seg.state.total);
-  return TEST_OK(cluda_segmentor_init(&m->seg, m->params, m->state, seed));
-}
-
-static void free_model(model *m) {
-  cluda_segmentor_free(&m->seg);
-  free(m->params);
-  free(m->state);
-}
 
 /* Weights no seed reproduces: every parameter scaled, running statistics moved. */
 static void perturb(model *m) {
